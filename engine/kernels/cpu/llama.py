@@ -1,0 +1,77 @@
+"""The Llama decoder stack as one numba call per forward (CPU).
+
+One call runs every layer, so a decode step pays Python-to-numba dispatch once, not once per
+kernel (~300 kernels per token otherwise). The kernels it calls are the ones tested one by one.
+
+Per layer, for the T tokens of a step (D = hidden, F = FFN width, H/KV = query/kv heads, hd):
+    h = rms_norm(x) * attn_norm                                  (T, D)
+    q, k, v = h Wq^T, h Wk^T, h Wv^T                             (T, H*hd), (T, KV*hd), (T, KV*hd)
+    q, k = rope(q), rope(k);   cache[slot_mapping] = k, v
+    x += attention(q, cache) Wo^T                                (T, D)
+    h = rms_norm(x) * ffn_norm
+    x += (silu(h Wg^T) * (h Wu^T)) Wd^T                          (T, F) -> (T, D)
+"""
+import numpy as np
+from numba import njit
+
+from .attention import paged_attention, write_kv
+from .matmul import matmul
+from .ops import add_inplace, rms_norm, rope, silu_mul
+
+# Order of a layer's seven matrices in `weights` / `weight_types`.
+WQ, WK, WV, WO, W_GATE, W_UP, W_DOWN = range(7)
+MATRICES_PER_LAYER = 7
+
+
+@njit(cache=True)
+def decoder_stack(x, weights, weight_types, norms, k_cache, v_cache, rope_cos, rope_sin,
+                  block_tables, seq_ids, positions, slot_mapping, num_heads, eps):
+    """Run all layers over x (T, D) f32 in place.
+
+    weights: list of (rows, row_bytes) u8, 7 per layer (WQ..W_DOWN); weight_types (L, 7) GGML ids;
+    norms (L, 2, D) f32 (attention norm, FFN norm); k_cache (L, blocks, KV, hd, bs) f32;
+    v_cache (L, blocks, KV, bs, hd) f32; rope_cos/sin (T, rope_dim/2); block_tables (S, max_blocks),
+    seq_ids (T,), positions (T,), slot_mapping (T,) i32.
+    """
+    T, D = x.shape
+    n_kv = k_cache.shape[2]
+    hd = k_cache.shape[3]
+    F = weights[W_GATE].shape[0]
+    scale = 1.0 / np.sqrt(hd)
+    h = np.empty((T, D), np.float32)
+    q = np.empty((T, num_heads * hd), np.float32)
+    k = np.empty((T, n_kv * hd), np.float32)
+    v = np.empty((T, n_kv * hd), np.float32)
+    attn = np.empty((T, num_heads * hd), np.float32)
+    gate = np.empty((T, F), np.float32)
+    up = np.empty((T, F), np.float32)
+    proj = np.empty((T, D), np.float32)
+    for layer in range(weight_types.shape[0]):
+        w = layer * MATRICES_PER_LAYER
+        types = weight_types[layer]
+        rms_norm(x, norms[layer, 0], eps, h)
+        matmul(weights[w + WQ], types[WQ], h, q)
+        matmul(weights[w + WK], types[WK], h, k)
+        matmul(weights[w + WV], types[WV], h, v)
+        rope(q, num_heads, hd, rope_cos, rope_sin)
+        rope(k, n_kv, hd, rope_cos, rope_sin)
+        write_kv(k, v, slot_mapping, k_cache[layer], v_cache[layer])
+        paged_attention(q, k_cache[layer], v_cache[layer], block_tables, seq_ids, positions, scale, attn)
+        matmul(weights[w + WO], types[WO], attn, proj)
+        add_inplace(x, proj)
+        rms_norm(x, norms[layer, 1], eps, h)
+        matmul(weights[w + W_GATE], types[W_GATE], h, gate)
+        matmul(weights[w + W_UP], types[W_UP], h, up)
+        silu_mul(gate, up, gate)
+        matmul(weights[w + W_DOWN], types[W_DOWN], gate, proj)
+        add_inplace(x, proj)
+
+
+@njit(cache=True)
+def output_logits(x, rows, norm, eps, head, head_type, logits):
+    """logits (len(rows), vocab) = rms_norm(x[rows]) * norm @ head^T."""
+    h = np.empty((rows.shape[0], x.shape[1]), np.float32)
+    for i in range(rows.shape[0]):
+        h[i] = x[rows[i]]
+    rms_norm(h, norm, eps, h)
+    matmul(head, head_type, h, logits)

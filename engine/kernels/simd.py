@@ -1,0 +1,306 @@
+"""Explicit 16-lane SIMD vectors for numba CPU kernels.
+
+LLVM's auto-vectorizer handles flat float loops well, but not the block layouts of GGML
+quantization: it vectorizes across blocks with byte gathers, or leaves a horizontal reduction
+per 32-weight block. These intrinsics let a kernel say what llama.cpp says with C intrinsics:
+"load 16 nibbles, widen them to floats, multiply-add into a vector accumulator". They lower to
+plain LLVM vector IR, so the backend picks the instructions for the host (AVX-512, AVX2, NEON).
+
+Two value types exist inside njit code only:
+  f32x16 -- <16 x float>
+  i32x16 -- <16 x i32>
+
+Every load takes (array, index) where index counts elements of that array, so a uint8 array is
+addressed by byte offset. Loads are unaligned and unchecked: callers keep index + width in bounds.
+"""
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+LANES = 16
+
+_F32 = ir.FloatType()
+_I32 = ir.IntType(32)
+_VF = ir.VectorType(_F32, LANES)
+_VI = ir.VectorType(_I32, LANES)
+
+
+class F32x16Type(types.Type):
+    def __init__(self):
+        super().__init__(name="f32x16")
+
+
+class I32x16Type(types.Type):
+    def __init__(self):
+        super().__init__(name="i32x16")
+
+
+f32x16 = F32x16Type()
+i32x16 = I32x16Type()
+
+
+@register_model(F32x16Type)
+class _F32x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _VF)
+
+
+@register_model(I32x16Type)
+class _I32x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _VI)
+
+
+def _check_array(arr):
+    if not isinstance(arr, types.Array) or arr.ndim != 1:
+        raise TypeError(f"simd loads need a 1-D array, got {arr}")
+
+
+def _element_pointer(context, builder, arrty, arr, idx, idxty, pointee):
+    """Pointer to arr[idx] reinterpreted as `pointee*`."""
+    ary = context.make_array(arrty)(context, builder, arr)
+    idx = context.cast(builder, idx, idxty, types.intp)
+    return builder.bitcast(builder.gep(ary.data, [idx]), pointee.as_pointer())
+
+
+def _splat(builder, scalar, vecty):
+    undef = ir.Constant(vecty, ir.Undefined)
+    one = builder.insert_element(undef, scalar, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, undef, ir.Constant(_VI, [0] * LANES))
+
+
+def _intrinsic_fn(builder, name, ret, args):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
+
+
+# --------------------------------------------------------------------------- constructors
+
+
+@intrinsic
+def vzero(typingctx):
+    """f32x16 of zeros."""
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_VF, [0.0] * LANES)
+    return f32x16(), codegen
+
+
+@intrinsic
+def vsplat(typingctx, scalar):
+    """f32x16 with every lane = scalar (any real number type)."""
+    def codegen(context, builder, sig, args):
+        s = context.cast(builder, args[0], sig.args[0], types.float32)
+        return _splat(builder, s, _VF)
+    return f32x16(scalar), codegen
+
+
+# --------------------------------------------------------------------------- loads and stores
+
+
+@intrinsic
+def vload(typingctx, arr, idx):
+    """16 float32 starting at element idx of arr (arr may be float32, or uint8 for a byte offset)."""
+    _check_array(arr)
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1], _VF)
+        return builder.load(ptr, align=1)
+    return f32x16(arr, idx), codegen
+
+
+@intrinsic
+def vstore(typingctx, arr, idx, vec):
+    """arr[idx:idx+16] = vec (float32 lanes)."""
+    _check_array(arr)
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1], _VF)
+        builder.store(args[2], ptr, align=1)
+        return context.get_dummy_value()
+    return types.void(arr, idx, vec), codegen
+
+
+def _int_load(bits, signed):
+    src = ir.VectorType(ir.IntType(bits), LANES)
+
+    def typer(typingctx, arr, idx):
+        _check_array(arr)
+
+        def codegen(context, builder, sig, args):
+            ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1], src)
+            raw = builder.load(ptr, align=1)
+            return builder.sext(raw, _VI) if signed else builder.zext(raw, _VI)
+        return i32x16(arr, idx), codegen
+    return typer
+
+
+load_u8x16 = intrinsic(_int_load(8, False))
+load_u8x16.__doc__ = "16 bytes at element idx, zero-extended to i32 lanes."
+load_i8x16 = intrinsic(_int_load(8, True))
+load_i8x16.__doc__ = "16 signed bytes at element idx, sign-extended to i32 lanes."
+
+
+@intrinsic
+def load_f16x16(typingctx, arr, idx):
+    """16 IEEE half floats at element idx (a byte offset for uint8 arrays), widened to f32x16."""
+    _check_array(arr)
+    halves = ir.VectorType(ir.HalfType(), LANES)
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1], halves)
+        return builder.fpext(builder.load(ptr, align=1), _VF)
+    return f32x16(arr, idx), codegen
+
+
+@intrinsic
+def load_f16(typingctx, arr, idx):
+    """The IEEE half at element idx (a byte offset for uint8 arrays), as float32."""
+    _check_array(arr)
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1], ir.HalfType())
+        return builder.fpext(builder.load(ptr, align=1), _F32)
+    return types.float32(arr, idx), codegen
+
+
+@intrinsic
+def load_f32(typingctx, arr, idx):
+    """The float32 at element idx (a byte offset for uint8 arrays)."""
+    _check_array(arr)
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1], _F32)
+        return builder.load(ptr, align=1)
+    return types.float32(arr, idx), codegen
+
+
+# --------------------------------------------------------------------------- float arithmetic
+
+
+def _binary(op):
+    def typer(typingctx, a, b):
+        if a != f32x16 or b != f32x16:
+            return None
+
+        def codegen(context, builder, sig, args):
+            return getattr(builder, op)(args[0], args[1])
+        return f32x16(a, b), codegen
+    return typer
+
+
+vadd = intrinsic(_binary("fadd"))
+vsub = intrinsic(_binary("fsub"))
+vmul = intrinsic(_binary("fmul"))
+vdiv = intrinsic(_binary("fdiv"))
+
+
+@intrinsic
+def vfma(typingctx, a, b, c):
+    """a * b + c, fused, lane by lane."""
+    def codegen(context, builder, sig, args):
+        fn = _intrinsic_fn(builder, "llvm.fma.v16f32", _VF, [_VF, _VF, _VF])
+        return builder.call(fn, args)
+    return f32x16(f32x16, f32x16, f32x16), codegen
+
+
+@intrinsic
+def vmax(typingctx, a, b):
+    def codegen(context, builder, sig, args):
+        fn = _intrinsic_fn(builder, "llvm.maxnum.v16f32", _VF, [_VF, _VF])
+        return builder.call(fn, args)
+    return f32x16(f32x16, f32x16), codegen
+
+
+@intrinsic
+def hsum(typingctx, a):
+    """Sum of the 16 lanes (reassociated: a tree, not left to right)."""
+    def codegen(context, builder, sig, args):
+        fn = _intrinsic_fn(builder, "llvm.vector.reduce.fadd.v16f32", _F32, [_F32, _VF])
+        return builder.call(fn, [ir.Constant(_F32, 0.0), args[0]], fastmath=("reassoc",))
+    return types.float32(f32x16), codegen
+
+
+@intrinsic
+def hmax(typingctx, a):
+    """Largest of the 16 lanes."""
+    def codegen(context, builder, sig, args):
+        fn = _intrinsic_fn(builder, "llvm.vector.reduce.fmax.v16f32", _F32, [_VF])
+        return builder.call(fn, [args[0]])
+    return types.float32(f32x16), codegen
+
+
+@intrinsic
+def vexp(typingctx, a):
+    """exp() of each lane: Cephes-style range reduction and a degree-6 polynomial.
+
+    Relative error below 2e-7 over [-87, 88]; inputs are clamped to that range, so exp(-inf)
+    gives ~1e-38 rather than 0 (harmless where it feeds a softmax or a sigmoid).
+    """
+    def codegen(context, builder, sig, args):
+        def c(v):
+            return ir.Constant(_VF, [float(v)] * LANES)
+
+        fma = _intrinsic_fn(builder, "llvm.fma.v16f32", _VF, [_VF, _VF, _VF])
+        rint = _intrinsic_fn(builder, "llvm.rint.v16f32", _VF, [_VF])
+        fmin = _intrinsic_fn(builder, "llvm.minnum.v16f32", _VF, [_VF, _VF])
+        fmax = _intrinsic_fn(builder, "llvm.maxnum.v16f32", _VF, [_VF, _VF])
+        x = builder.call(fmax, [builder.call(fmin, [args[0], c(88.3762626647949)]), c(-87.33654475)])
+        # x = n*ln2 + r, |r| <= ln2/2, with ln2 split in two for precision
+        n = builder.call(rint, [builder.fmul(x, c(1.44269504088896341))])
+        r = builder.call(fma, [n, c(-0.693359375), x])
+        r = builder.call(fma, [n, c(2.12194440e-4), r])
+        p = c(1.9875691500e-4)
+        for coef in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+            p = builder.call(fma, [p, r, c(coef)])
+        r2 = builder.fmul(r, r)
+        p = builder.call(fma, [p, r2, builder.fadd(r, c(1.0))])
+        # 2^n by building the exponent field directly
+        ni = builder.fptosi(n, _VI)
+        two_n = builder.bitcast(builder.shl(builder.add(ni, ir.Constant(_VI, [127] * LANES)),
+                                            ir.Constant(_VI, [23] * LANES)), _VF)
+        return builder.fmul(p, two_n)
+    return f32x16(f32x16), codegen
+
+
+# --------------------------------------------------------------------------- integer lanes
+
+
+def _int_scalar_op(op):
+    def typer(typingctx, v, k):
+        if v != i32x16 or not isinstance(k, types.Integer):
+            return None
+
+        def codegen(context, builder, sig, args):
+            s = context.cast(builder, args[1], sig.args[1], types.int32)
+            return getattr(builder, op)(args[0], _splat(builder, s, _VI))
+        return i32x16(v, k), codegen
+    return typer
+
+
+iand = intrinsic(_int_scalar_op("and_"))       # v & k
+ishr = intrinsic(_int_scalar_op("lshr"))       # v >> k (logical)
+ishl = intrinsic(_int_scalar_op("shl"))        # v << k
+isub = intrinsic(_int_scalar_op("sub"))        # v - k
+
+
+@intrinsic
+def ior(typingctx, a, b):
+    """a | b, lane by lane."""
+    def codegen(context, builder, sig, args):
+        return builder.or_(args[0], args[1])
+    return i32x16(i32x16, i32x16), codegen
+
+
+@intrinsic
+def itof(typingctx, v):
+    """Signed i32 lanes to float32 lanes."""
+    def codegen(context, builder, sig, args):
+        return builder.sitofp(args[0], _VF)
+    return f32x16(i32x16), codegen
+
+
+__all__ = [
+    "LANES", "f32x16", "i32x16", "vzero", "vsplat", "vload", "vstore", "load_u8x16", "load_i8x16",
+    "load_f16x16", "load_f16", "load_f32", "vadd", "vsub", "vmul", "vdiv", "vfma", "vmax", "hsum", "hmax",
+    "vexp", "iand", "ishr", "ishl", "isub", "ior", "itof",
+]

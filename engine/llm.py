@@ -1,0 +1,52 @@
+"""A loaded model with its tokenizer and chat template: what a caller needs to turn text into text."""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from .assets import default_model_path
+from .chat_template import ChatMessage, ChatTemplate
+from .gguf_file import GGUFFile
+from .model import ForwardBatch, LlamaModel
+from .tokenizer import Tokenizer
+
+
+class LLM:
+    def __init__(self, model: LlamaModel, tokenizer: Tokenizer):
+        self.model = model
+        self.tokenizer = tokenizer
+        special = tokenizer.special
+        piece = (lambda i: tokenizer.pieces[i] if i is not None else "")
+        self.chat_template = ChatTemplate(tokenizer.chat_template, piece(special.bos_id), piece(special.eos_id))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None) -> "LLM":
+        gguf = GGUFFile.open(path or default_model_path())
+        return cls(LlamaModel(gguf), Tokenizer.from_gguf(gguf))
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def encode(self, text: str) -> list[int]:
+        """Prompt ids for plain text: BOS only if the model's metadata asks for it."""
+        return self.tokenizer.encode(text)
+
+    def chat_prompt(self, messages: Sequence[ChatMessage | dict], add_generation_prompt: bool = True) -> str:
+        return self.chat_template.render(messages, add_generation_prompt)
+
+    def encode_chat(self, messages: Sequence[ChatMessage | dict], add_generation_prompt: bool = True) -> list[int]:
+        """Prompt ids of rendered messages. Templates write their own BOS, so none is added."""
+        return self.tokenizer.encode(self.chat_prompt(messages, add_generation_prompt), add_bos=False)
+
+    def warm_up(self) -> None:
+        """Compile (or load from numba's cache) every kernel a request can reach, before serving."""
+        kv = self.model.new_kv_cache(num_blocks=2, block_size=16)
+        table = np.array([[0, 1]], np.int32)
+        for n in (1, 5):        # the decode path and the batch (GEMM) path
+            positions = np.arange(n, dtype=np.int32)
+            batch = ForwardBatch(np.zeros(n, np.int32), positions, np.zeros(n, np.int32), table,
+                                 positions.copy(), np.array([n - 1], np.int32))
+            self.model.forward(batch, kv)

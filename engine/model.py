@@ -1,0 +1,136 @@
+"""A Llama-family Transformer over GGUF weights: one forward for a batch described by arrays.
+
+The batch mixes sequences and phases freely: each token row says which sequence it belongs to,
+its position, and the KV-cache slot its key and value go to. A prefill chunk is several rows of
+one sequence; a decode step is one row per sequence. Only the rows named in `logits_rows` pay for
+the output head.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from numba.typed import List
+
+from .gguf_file import GGUFError, GGUFFile
+from .kernels.cpu.llama import MATRICES_PER_LAYER, decoder_stack, output_logits
+from .kernels.cpu.matmul import SUPPORTED_TYPES
+from .kernels.cpu.ops import embed, rope_tables
+from .model_config import ModelConfig
+from .quants import quant_type
+
+_LAYER_MATRICES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+
+
+@dataclass
+class ForwardBatch:
+    """The tokens of one step. T rows, S sequences.
+
+    token_ids (T,) i32; positions (T,) i32 position of each token in its sequence;
+    seq_ids (T,) i32 row of block_tables for each token; block_tables (S, max_blocks) i32;
+    slot_mapping (T,) i32 cache slot (block * block_size + offset) for each token's key/value;
+    logits_rows (R,) i32 rows whose logits are wanted.
+    """
+    token_ids: np.ndarray
+    positions: np.ndarray
+    seq_ids: np.ndarray
+    block_tables: np.ndarray
+    slot_mapping: np.ndarray
+    logits_rows: np.ndarray
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.token_ids.shape[0])
+
+
+class KVCache:
+    """The paged key/value pool of every layer (see kernels.cpu.attention for the layout)."""
+
+    def __init__(self, config: ModelConfig, num_blocks: int, block_size: int = 16):
+        if block_size % 16:
+            raise ValueError(f"block_size must be a multiple of 16, got {block_size}")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        shape = (config.num_layers, num_blocks, config.num_kv_heads)
+        # zeros, not empty: a slot never written must not hold NaN bit patterns
+        self.k = np.zeros(shape + (config.head_dim, block_size), np.float32)
+        self.v = np.zeros(shape + (block_size, config.head_dim), np.float32)
+
+    @property
+    def bytes_per_block(self) -> int:
+        return (self.k.nbytes + self.v.nbytes) // self.num_blocks
+
+
+class LlamaModel:
+    def __init__(self, gguf: GGUFFile):
+        self.gguf = gguf
+        self.config = cfg = ModelConfig.from_gguf(gguf)
+        self.fingerprint = gguf.fingerprint()
+        self.embedding = self._matrix("token_embd.weight", cfg.vocab_size, cfg.hidden_size)
+        head_name = "token_embd.weight" if cfg.tied_embeddings else "output.weight"
+        self.head = self._matrix(head_name, cfg.vocab_size, cfg.hidden_size)
+        self.output_norm = self._vector("output_norm.weight", cfg.hidden_size)
+
+        q_rows = cfg.num_heads * cfg.head_dim
+        kv_rows = cfg.num_kv_heads * cfg.head_dim
+        shapes = {  # (rows = out features, cols = in features)
+            "attn_q": (q_rows, cfg.hidden_size), "attn_k": (kv_rows, cfg.hidden_size),
+            "attn_v": (kv_rows, cfg.hidden_size), "attn_output": (cfg.hidden_size, q_rows),
+            "ffn_gate": (cfg.intermediate_size, cfg.hidden_size),
+            "ffn_up": (cfg.intermediate_size, cfg.hidden_size),
+            "ffn_down": (cfg.hidden_size, cfg.intermediate_size),
+        }
+        self.layer_weights = List()
+        self.layer_types = np.empty((cfg.num_layers, MATRICES_PER_LAYER), np.int64)
+        self.layer_norms = np.empty((cfg.num_layers, 2, cfg.hidden_size), np.float32)
+        for layer in range(cfg.num_layers):
+            for i, name in enumerate(_LAYER_MATRICES):
+                tensor = self._matrix(f"blk.{layer}.{name}.weight", *shapes[name])
+                self.layer_weights.append(tensor.data)
+                self.layer_types[layer, i] = tensor.ggml_type
+            self.layer_norms[layer, 0] = self._vector(f"blk.{layer}.attn_norm.weight", cfg.hidden_size)
+            self.layer_norms[layer, 1] = self._vector(f"blk.{layer}.ffn_norm.weight", cfg.hidden_size)
+
+        inv_freq = 1.0 / cfg.rope_theta ** (np.arange(0, cfg.rope_dim, 2, dtype=np.float64) / cfg.rope_dim)
+        if gguf.has_tensor("rope_freqs.weight"):       # Llama 3.1 long-context frequency factors
+            inv_freq = inv_freq / self._vector("rope_freqs.weight", cfg.rope_dim // 2).astype(np.float64)
+        self.rope_inv_freq = inv_freq / cfg.rope_scale
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "LlamaModel":
+        return cls(GGUFFile.open(path))
+
+    def _matrix(self, name: str, rows: int, cols: int):
+        tensor = self.gguf.tensor(name)
+        if (tensor.rows, tensor.cols) != (rows, cols):
+            raise GGUFError(f"{name}: shape {(tensor.rows, tensor.cols)} but the config implies {(rows, cols)}")
+        if tensor.ggml_type not in SUPPORTED_TYPES:
+            raise GGUFError(f"{name}: type {quant_type(tensor.ggml_type).name} has no kernel")
+        return tensor
+
+    def _vector(self, name: str, length: int) -> np.ndarray:
+        tensor = self.gguf.tensor(name)
+        if tensor.rows * tensor.cols != length or tensor.type_name != "F32":
+            raise GGUFError(f"{name}: expected {length} float32 values")
+        return tensor.data.view(np.float32).reshape(length)
+
+    def new_kv_cache(self, num_blocks: int, block_size: int = 16) -> KVCache:
+        return KVCache(self.config, num_blocks, block_size)
+
+    def forward(self, batch: ForwardBatch, kv_cache: KVCache) -> np.ndarray:
+        """Logits (len(batch.logits_rows), vocab) f32 for the rows asked for; writes the step's K/V."""
+        cfg = self.config
+        T = batch.num_tokens
+        x = np.empty((T, cfg.hidden_size), np.float32)
+        embed(batch.token_ids, self.embedding.data, self.embedding.ggml_type, x)
+        cos = np.empty((T, cfg.rope_dim // 2), np.float32)
+        sin = np.empty((T, cfg.rope_dim // 2), np.float32)
+        rope_tables(batch.positions, self.rope_inv_freq, cos, sin)
+        decoder_stack(x, self.layer_weights, self.layer_types, self.layer_norms, kv_cache.k, kv_cache.v,
+                      cos, sin, batch.block_tables, batch.seq_ids, batch.positions, batch.slot_mapping,
+                      cfg.num_heads, cfg.rms_norm_eps)
+        logits = np.empty((batch.logits_rows.shape[0], cfg.vocab_size), np.float32)
+        output_logits(x, batch.logits_rows, self.output_norm, cfg.rms_norm_eps,
+                      self.head.data, self.head.ggml_type, logits)
+        return logits

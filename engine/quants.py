@@ -1,0 +1,164 @@
+"""GGML tensor types the engine computes with, one class per type.
+
+Each class states its block geometry and has a NumPy reference dequantizer written from the
+block layout in ggml-common.h. The numba kernels are tested against these, and these against
+`gguf.quants.dequantize`, bit for bit: the order of float operations below is the order ggml uses.
+
+Layouts (bytes, little endian; "f16" is an IEEE half):
+  F32   one float32 per weight
+  F16   one f16 per weight
+  Q8_0  32 weights in 34 B:  d:f16 | q:int8[32]                w = d*q
+  Q4_0  32 weights in 18 B:  d:f16 | qs:u8[16]                 w = d*(nibble-8)
+  Q4_1  32 weights in 20 B:  d:f16 | m:f16 | qs:u8[16]         w = d*nibble + m
+        (weight j < 16 is the low nibble of qs[j], weight j >= 16 the high nibble of qs[j-16])
+  Q4_K  256 weights in 144 B: d:f16 | dmin:f16 | scales:u8[12] | qs:u8[128]
+        8 sub-blocks of 32, each with a 6-bit scale and a 6-bit min packed in `scales`;
+        qs[32c:32c+32] holds sub-block 2c in its low nibbles and 2c+1 in its high nibbles.
+        w = (d*sc)*nibble - dmin*min
+  Q6_K  256 weights in 210 B: ql:u8[128] | qh:u8[64] | scales:i8[16] | d:f16
+        16 groups of 16 weights, one int8 scale each; q = 4 low bits from ql, 2 high bits
+        from qh, minus 32.  w = (d*scale)*q
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from gguf import GGMLQuantizationType as GGMLType
+
+
+@dataclass(frozen=True)
+class QuantType:
+    name: str
+    ggml_type: int
+    block_size: int     # weights per block
+    type_size: int      # bytes per block
+
+    def row_bytes(self, row_length: int) -> int:
+        if row_length % self.block_size:
+            raise ValueError(f"{self.name}: row length {row_length} is not a multiple of {self.block_size}")
+        return row_length // self.block_size * self.type_size
+
+    def dequantize_blocks(self, blocks: np.ndarray) -> np.ndarray:
+        """blocks (n, type_size) uint8 -> (n, block_size) float32."""
+        raise NotImplementedError
+
+
+def _f16(b: np.ndarray) -> np.ndarray:
+    """(n, 2) uint8 -> (n, 1) float32."""
+    return b.copy().view(np.float16).astype(np.float32)
+
+
+def _nibbles(qs: np.ndarray) -> np.ndarray:
+    """(n, 16k) packed bytes -> (n, 32k) uint8: low nibbles of each 16-byte group, then high."""
+    n, width = qs.shape
+    groups = qs.reshape(n, width // 16, 16)
+    return np.concatenate([groups & 0x0F, groups >> 4], axis=2).reshape(n, width * 2)
+
+
+class F32(QuantType):
+    def dequantize_blocks(self, blocks):
+        return blocks.copy().view(np.float32)
+
+
+class F16(QuantType):
+    def dequantize_blocks(self, blocks):
+        return blocks.copy().view(np.float16).astype(np.float32)
+
+
+class Q8_0(QuantType):
+    def dequantize_blocks(self, blocks):
+        d = _f16(blocks[:, 0:2])
+        q = blocks[:, 2:34].view(np.int8).astype(np.float32)
+        return q * d
+
+
+class Q4_0(QuantType):
+    def dequantize_blocks(self, blocks):
+        d = _f16(blocks[:, 0:2])
+        q = _nibbles(blocks[:, 2:18]).astype(np.int8) - np.int8(8)
+        return d * q.astype(np.float32)
+
+
+class Q4_1(QuantType):
+    def dequantize_blocks(self, blocks):
+        d = _f16(blocks[:, 0:2])
+        m = _f16(blocks[:, 2:4])
+        q = _nibbles(blocks[:, 4:20]).astype(np.float32)
+        return d * q + m
+
+
+def q4_k_scale_min(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """scales (n, 12) uint8 -> (sc, min), each (n, 8) uint8: the 6-bit pairs of the 8 sub-blocks."""
+    sc = np.empty((scales.shape[0], 8), np.uint8)
+    mn = np.empty_like(sc)
+    for j in range(4):
+        sc[:, j] = scales[:, j] & 63
+        mn[:, j] = scales[:, j + 4] & 63
+    for j in range(4, 8):
+        sc[:, j] = (scales[:, j + 4] & 0x0F) | ((scales[:, j - 4] >> 6) << 4)
+        mn[:, j] = (scales[:, j + 4] >> 4) | ((scales[:, j] >> 6) << 4)
+    return sc, mn
+
+
+class Q4_K(QuantType):
+    def dequantize_blocks(self, blocks):
+        n = blocks.shape[0]
+        d = _f16(blocks[:, 0:2])
+        dmin = _f16(blocks[:, 2:4])
+        sc, mn = q4_k_scale_min(blocks[:, 4:16])
+        scale = (d * sc.astype(np.float32)).reshape(n, 8, 1)
+        offset = (dmin * mn.astype(np.float32)).reshape(n, 8, 1)
+        qs = blocks[:, 16:144].reshape(n, 4, 32)
+        q = np.stack([qs & 0x0F, qs >> 4], axis=2).reshape(n, 8, 32).astype(np.float32)
+        return (scale * q - offset).reshape(n, 256)
+
+
+class Q6_K(QuantType):
+    def dequantize_blocks(self, blocks):
+        n = blocks.shape[0]
+        ql = blocks[:, 0:128].reshape(n, 2, 64)
+        qh = blocks[:, 128:192].reshape(n, 2, 32)
+        scales = blocks[:, 192:208].view(np.int8).astype(np.float32)
+        d = _f16(blocks[:, 208:210])
+        q = np.empty((n, 2, 4, 32), np.int8)
+        for half in range(2):
+            lo, hi = ql[:, half, :32], ql[:, half, 32:]
+            h = qh[:, half]
+            q[:, half, 0] = ((lo & 0x0F) | (((h >> 0) & 3) << 4)).astype(np.int8) - 32
+            q[:, half, 1] = ((hi & 0x0F) | (((h >> 2) & 3) << 4)).astype(np.int8) - 32
+            q[:, half, 2] = ((lo >> 4) | (((h >> 4) & 3) << 4)).astype(np.int8) - 32
+            q[:, half, 3] = ((hi >> 4) | (((h >> 6) & 3) << 4)).astype(np.int8) - 32
+        scale = (d * scales).reshape(n, 16, 1)
+        return (scale * q.reshape(n, 16, 16).astype(np.float32)).reshape(n, 256)
+
+
+QUANT_TYPES: dict[int, QuantType] = {
+    t.ggml_type: t
+    for t in (
+        F32("F32", int(GGMLType.F32), 1, 4),
+        F16("F16", int(GGMLType.F16), 1, 2),
+        Q8_0("Q8_0", int(GGMLType.Q8_0), 32, 34),
+        Q4_0("Q4_0", int(GGMLType.Q4_0), 32, 18),
+        Q4_1("Q4_1", int(GGMLType.Q4_1), 32, 20),
+        Q4_K("Q4_K", int(GGMLType.Q4_K), 256, 144),
+        Q6_K("Q6_K", int(GGMLType.Q6_K), 256, 210),
+    )
+}
+
+
+def quant_type(ggml_type: int) -> QuantType:
+    try:
+        return QUANT_TYPES[int(ggml_type)]
+    except KeyError:
+        name = GGMLType(ggml_type).name if ggml_type in GGMLType._value2member_map_ else str(ggml_type)
+        supported = ", ".join(t.name for t in QUANT_TYPES.values())
+        raise ValueError(f"tensor type {name} is not supported (supported: {supported})") from None
+
+
+def dequantize(data: np.ndarray, ggml_type: int) -> np.ndarray:
+    """Reference dequantization: data (rows, row_bytes) uint8 -> (rows, row_length) float32."""
+    qt = quant_type(ggml_type)
+    rows = data.shape[0]
+    raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1, qt.type_size)
+    return qt.dequantize_blocks(raw).reshape(rows, -1)
