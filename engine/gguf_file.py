@@ -72,7 +72,7 @@ class GGUFFile:
     _buffer: np.ndarray = field(repr=False)
 
     @classmethod
-    def open(cls, path: str) -> "GGUFFile":
+    def open(cls, path: str) -> GGUFFile:
         path = os.fspath(path)
         try:
             with open(path, "rb") as f:

@@ -18,11 +18,13 @@ class LLM:
         self.model = model
         self.tokenizer = tokenizer
         special = tokenizer.special
-        piece = (lambda i: tokenizer.pieces[i] if i is not None else "")
+
+        def piece(token_id):
+            return tokenizer.pieces[token_id] if token_id is not None else ""
         self.chat_template = ChatTemplate(tokenizer.chat_template, piece(special.bos_id), piece(special.eos_id))
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None) -> "LLM":
+    def load(cls, path: str | os.PathLike | None = None) -> LLM:
         gguf = GGUFFile.open(path or default_model_path())
         return cls(LlamaModel(gguf), Tokenizer.from_gguf(gguf))
 

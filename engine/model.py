@@ -15,8 +15,8 @@ from numba.typed import List
 
 from .gguf_file import GGUFError, GGUFFile
 from .kernels.cpu.llama import MATRICES_PER_LAYER, decoder_stack, output_logits
-from .kernels.cpu.matmul import SUPPORTED_TYPES
 from .kernels.cpu.ops import embed, rope_tables
+from .kernels.ggml_types import SUPPORTED_TYPES
 from .model_config import ModelConfig
 from .quants import quant_type
 
@@ -63,8 +63,12 @@ class KVCache:
 
 
 class LlamaModel:
-    def __init__(self, gguf: GGUFFile):
+    """int8_activations=True (the default, "fast") quantizes activations to int8 in decode-sized
+    steps, as llama.cpp does; False ("exact") keeps every activation in float32."""
+
+    def __init__(self, gguf: GGUFFile, int8_activations: bool = True):
         self.gguf = gguf
+        self.int8_activations = int8_activations
         self.config = cfg = ModelConfig.from_gguf(gguf)
         self.fingerprint = gguf.fingerprint()
         self.embedding = self._matrix("token_embd.weight", cfg.vocab_size, cfg.hidden_size)
@@ -98,8 +102,8 @@ class LlamaModel:
         self.rope_inv_freq = inv_freq / cfg.rope_scale
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "LlamaModel":
-        return cls(GGUFFile.open(path))
+    def load(cls, path: str | os.PathLike, int8_activations: bool = True) -> LlamaModel:
+        return cls(GGUFFile.open(path), int8_activations)
 
     def _matrix(self, name: str, rows: int, cols: int):
         tensor = self.gguf.tensor(name)
@@ -129,8 +133,8 @@ class LlamaModel:
         rope_tables(batch.positions, self.rope_inv_freq, cos, sin)
         decoder_stack(x, self.layer_weights, self.layer_types, self.layer_norms, kv_cache.k, kv_cache.v,
                       cos, sin, batch.block_tables, batch.seq_ids, batch.positions, batch.slot_mapping,
-                      cfg.num_heads, cfg.rms_norm_eps)
+                      cfg.num_heads, cfg.rms_norm_eps, self.int8_activations)
         logits = np.empty((batch.logits_rows.shape[0], cfg.vocab_size), np.float32)
         output_logits(x, batch.logits_rows, self.output_norm, cfg.rms_norm_eps,
-                      self.head.data, self.head.ggml_type, logits)
+                      self.head.data, self.head.ggml_type, logits, self.int8_activations)
         return logits

@@ -31,7 +31,7 @@ class ModelConfig:
         return self.num_heads // self.num_kv_heads
 
     @classmethod
-    def from_gguf(cls, gguf: GGUFFile) -> "ModelConfig":
+    def from_gguf(cls, gguf: GGUFFile) -> ModelConfig:
         md = gguf.metadata
         arch = md.get("general.architecture")
         if arch not in SUPPORTED_ARCHITECTURES:

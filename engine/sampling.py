@@ -47,7 +47,8 @@ class SamplingParams:
         check(self.top_k >= 0, f"top_k must be >= 0 (0 disables it), got {self.top_k}")
         check(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
         check(0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p}")
-        check(0 < self.repetition_penalty <= 10, f"repetition_penalty must be in (0, 10], got {self.repetition_penalty}")
+        check(0 < self.repetition_penalty <= 10,
+              f"repetition_penalty must be in (0, 10], got {self.repetition_penalty}")
         check(-2 <= self.presence_penalty <= 2, f"presence_penalty must be in [-2, 2], got {self.presence_penalty}")
         check(-2 <= self.frequency_penalty <= 2, f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}")
         check(self.seed is None or 0 <= self.seed < 2**64, "seed must be in [0, 2^64)")

@@ -16,9 +16,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from tokenizers import AddedToken, Regex
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, normalizers, pre_tokenizers
 
 from .gguf_file import GGUFError, GGUFFile
 
@@ -91,7 +90,7 @@ class Tokenizer:
     # ---------------------------------------------------------------- construction
 
     @classmethod
-    def from_gguf(cls, gguf: GGUFFile) -> "Tokenizer":
+    def from_gguf(cls, gguf: GGUFFile) -> Tokenizer:
         md = gguf.metadata
         model = md.get("tokenizer.ggml.model")
         pieces = md.get("tokenizer.ggml.tokens")

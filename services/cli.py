@@ -115,7 +115,8 @@ def cmd_chat(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meshllm", description="meshllm: a Llama-family LLM serving mesh on numba kernels")
+    parser = argparse.ArgumentParser(prog="meshllm",
+                                     description="meshllm: a Llama-family LLM serving mesh on numba kernels")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="stream a continuation of TEXT (or, with --chat, an answer to it)")

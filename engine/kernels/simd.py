@@ -67,7 +67,8 @@ def _element_pointer(context, builder, arrty, arr, idx, idxty, pointee):
 def _splat(builder, scalar, vecty):
     undef = ir.Constant(vecty, ir.Undefined)
     one = builder.insert_element(undef, scalar, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(one, undef, ir.Constant(_VI, [0] * LANES))
+    mask = ir.Constant(ir.VectorType(_I32, vecty.count), [0] * vecty.count)
+    return builder.shuffle_vector(one, undef, mask)
 
 
 def _intrinsic_fn(builder, name, ret, args):
@@ -152,14 +153,36 @@ def load_f16x16(typingctx, arr, idx):
     return f32x16(arr, idx), codegen
 
 
+def _f16_from_word(builder, word, lane):
+    """Lane `lane` of an i32 read as two halves, as float32. Loading 32 bits (vmovd zero-extends)
+    rather than 16 (vpinsrw merges into a register) keeps each scale load free of a false
+    dependency on whatever that register held, which serialised whole kernels."""
+    pair = builder.bitcast(word, ir.VectorType(ir.HalfType(), 2))
+    return builder.fpext(builder.extract_element(pair, ir.Constant(_I32, lane)), _F32)
+
+
 @intrinsic
 def load_f16(typingctx, arr, idx):
-    """The IEEE half at element idx (a byte offset for uint8 arrays), as float32."""
+    """The IEEE half at element idx (a byte offset for uint8 arrays), as float32.
+    Reads 4 bytes from idx: the two after the half must be readable (a block's leading scale)."""
     _check_array(arr)
 
     def codegen(context, builder, sig, args):
-        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1], ir.HalfType())
-        return builder.fpext(builder.load(ptr, align=1), _F32)
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1], _I32)
+        return _f16_from_word(builder, builder.load(ptr, align=1), 0)
+    return types.float32(arr, idx), codegen
+
+
+@intrinsic
+def load_f16_tail(typingctx, arr, idx):
+    """As load_f16, reading the 4 bytes that end with the half (a block's trailing scale)."""
+    _check_array(arr)
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        i = builder.sub(context.cast(builder, args[1], sig.args[1], types.intp), ir.Constant(ir.IntType(64), 2))
+        ptr = builder.bitcast(builder.gep(ary.data, [i]), _I32.as_pointer())
+        return _f16_from_word(builder, builder.load(ptr, align=1), 1)
     return types.float32(arr, idx), codegen
 
 
@@ -301,6 +324,7 @@ def itof(typingctx, v):
 
 __all__ = [
     "LANES", "f32x16", "i32x16", "vzero", "vsplat", "vload", "vstore", "load_u8x16", "load_i8x16",
-    "load_f16x16", "load_f16", "load_f32", "vadd", "vsub", "vmul", "vdiv", "vfma", "vmax", "hsum", "hmax",
+    "load_f16x16", "load_f16", "load_f16_tail", "load_f32", "vadd", "vsub", "vmul", "vdiv", "vfma",
+    "vmax", "hsum", "hmax",
     "vexp", "iand", "ishr", "ishl", "isub", "ior", "itof",
 ]

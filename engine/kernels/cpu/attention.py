@@ -1,18 +1,21 @@
 """Causal grouped-query attention over a paged KV cache (CPU, numba).
 
 Cache layout, one layer (block_size a multiple of 16):
-    k_cache (num_blocks, num_kv_heads, head_dim, block_size) f32   keys transposed inside a block,
-                                                                   so 16 keys' scores are one FMA chain
+    k_cache (num_blocks, num_kv_heads, head_dim, block_size) f32   keys transposed inside a block:
+                                                                   16 keys' scores are one FMA chain
     v_cache (num_blocks, num_kv_heads, block_size, head_dim) f32
 
 A step's tokens may belong to different sequences and be prefill or decode tokens alike: token t
 of sequence seq_ids[t] sits at positions[t] and attends to that sequence's keys 0..positions[t],
 found through block_tables[seq_ids[t]]. Its own key and value must already be written.
+
+Throughput notes: scores run four independent 16-key FMA chains (one chain would wait on FMA
+latency), and the weighted sum of values keeps 64 output dimensions in registers across keys.
 """
 import numpy as np
 from numba import njit, prange
 
-from ..simd import hmax, vexp, vfma, vload, vmax, vmul, vsplat, vstore, vsub, vzero
+from ..simd import hmax, hsum, vadd, vexp, vfma, vload, vmax, vmul, vsplat, vstore, vsub, vzero
 
 _f32 = np.float32
 
@@ -32,6 +35,103 @@ def write_kv(k, v, slot_mapping, k_cache, v_cache):
                 v_cache[block, h, offset, d] = v[t, h * hd + d]
 
 
+@njit(cache=True, inline="always")
+def _key_vector_offsets(table, kvh, n_kv, hd, bs, n_keys, offsets):
+    """offsets[i] = flat k_cache offset of keys 16i..16i+15 at dimension 0; padded to a multiple of 4
+    entries by repeating the last (recomputing a vector beats reading outside the block table)."""
+    n_vec = (n_keys + 15) // 16
+    per_block = bs // 16
+    block = 0
+    within = 0
+    for i in range(n_vec):
+        offsets[i] = (table[block] * n_kv + kvh) * hd * bs + within * 16
+        within += 1
+        if within == per_block:
+            within = 0
+            block += 1
+    for i in range(n_vec, offsets.shape[0]):
+        offsets[i] = offsets[n_vec - 1]
+
+
+@njit(cache=True, inline="always")
+def _scores(qh, k_flat, offsets, hd, bs, n_keys, scale, scores):
+    """scores[j] = scale * qh . key_j for j < n_keys; lanes past n_keys (to a multiple of 16) = -3e38."""
+    vscale = vsplat(scale)
+    for i in range(0, (n_keys + 15) // 16, 4):
+        o0 = offsets[i]
+        o1 = offsets[i + 1]
+        o2 = offsets[i + 2]
+        o3 = offsets[i + 3]
+        a0 = vzero()
+        a1 = vzero()
+        a2 = vzero()
+        a3 = vzero()
+        for d in range(hd):
+            qd = vsplat(qh[d])
+            step = d * bs
+            a0 = vfma(qd, vload(k_flat, o0 + step), a0)
+            a1 = vfma(qd, vload(k_flat, o1 + step), a1)
+            a2 = vfma(qd, vload(k_flat, o2 + step), a2)
+            a3 = vfma(qd, vload(k_flat, o3 + step), a3)
+        vstore(scores, 16 * i, vmul(a0, vscale))
+        vstore(scores, 16 * i + 16, vmul(a1, vscale))
+        vstore(scores, 16 * i + 32, vmul(a2, vscale))
+        vstore(scores, 16 * i + 48, vmul(a3, vscale))
+    for j in range(n_keys, (n_keys + 15) // 16 * 16):
+        scores[j] = _f32(-3.0e38)
+
+
+@njit(cache=True, inline="always")
+def _softmax_in_place(scores, n_keys):
+    """Exponentiate scores[:n_keys] against their max; return their sum. The padding lanes
+    (-3e38) exponentiate to ~1e-38 and never reach the output."""
+    padded = (n_keys + 15) // 16 * 16
+    mv = vload(scores, 0)
+    for j in range(16, padded, 16):
+        mv = vmax(mv, vload(scores, j))
+    vm = vsplat(hmax(mv))
+    total = vzero()
+    for j in range(0, padded, 16):
+        e = vexp(vsub(vload(scores, j), vm))
+        vstore(scores, j, e)
+        total = vadd(total, e)
+    return hsum(total)
+
+
+@njit(cache=True, inline="always")
+def _weighted_values(probs, v_flat, table, kvh, n_kv, hd, bs, n_keys, inv_total, oh):
+    """oh (hd,) = inv_total * sum_j probs[j] * value_j."""
+    n_blocks = (n_keys + bs - 1) // bs
+    d0 = 0
+    while d0 + 64 <= hd:
+        a0 = vzero()
+        a1 = vzero()
+        a2 = vzero()
+        a3 = vzero()
+        for b in range(n_blocks):
+            base = (table[b] * n_kv + kvh) * bs * hd + d0
+            for s in range(min(bs, n_keys - b * bs)):
+                p = vsplat(probs[b * bs + s])
+                o = base + s * hd
+                a0 = vfma(p, vload(v_flat, o), a0)
+                a1 = vfma(p, vload(v_flat, o + 16), a1)
+                a2 = vfma(p, vload(v_flat, o + 32), a2)
+                a3 = vfma(p, vload(v_flat, o + 48), a3)
+        inv = vsplat(inv_total)
+        vstore(oh, d0, vmul(a0, inv))
+        vstore(oh, d0 + 16, vmul(a1, inv))
+        vstore(oh, d0 + 32, vmul(a2, inv))
+        vstore(oh, d0 + 48, vmul(a3, inv))
+        d0 += 64
+    while d0 < hd:                              # head_dim not a multiple of 64
+        a0 = vzero()
+        for j in range(n_keys):
+            o = (table[j // bs] * n_kv + kvh) * bs * hd + (j % bs) * hd + d0
+            a0 = vfma(vsplat(probs[j]), vload(v_flat, o), a0)
+        vstore(oh, d0, vmul(a0, vsplat(inv_total)))
+        d0 += 16
+
+
 @njit(cache=True, parallel=True)
 def paged_attention(q, k_cache, v_cache, block_tables, seq_ids, positions, scale, out):
     """out (T, num_heads*head_dim) = softmax(q k^T * scale) v per head, causal, over the paged cache.
@@ -44,49 +144,19 @@ def paged_attention(q, k_cache, v_cache, block_tables, seq_ids, positions, scale
     hd = k_cache.shape[2]
     bs = k_cache.shape[3]
     group = q.shape[1] // hd // n_kv
-    vscale = vsplat(_f32(scale))
+    k_flat = k_cache.reshape(-1)
+    v_flat = v_cache.reshape(-1)
     for item in prange(T * n_kv):
         t = item // n_kv
         kvh = item % n_kv
         n_keys = positions[t] + 1
         table = block_tables[seq_ids[t]]
-        padded = (n_keys + 15) // 16 * 16
-        scores = np.empty(padded, np.float32)
+        scores = np.empty((n_keys + 63) // 64 * 64, np.float32)
+        offsets = np.empty(scores.shape[0] // 16, np.int64)
+        _key_vector_offsets(table, kvh, n_kv, hd, bs, n_keys, offsets)
         for g in range(group):
             h = kvh * group + g
-            qh = q[t, h * hd:(h + 1) * hd]
-            # scores[j] = q . key_j * scale, sixteen keys at a time
-            for key0 in range(0, n_keys, 16):
-                kt = k_cache[table[key0 // bs], kvh]
-                s0 = key0 % bs
-                acc = vzero()
-                for d in range(hd):
-                    acc = vfma(vsplat(qh[d]), vload(kt[d], s0), acc)
-                vstore(scores, key0, vmul(acc, vscale))
-            # softmax over the n_keys valid scores (lanes past n_keys hold garbage: never read)
-            full = n_keys // 16 * 16
-            m = _f32(-3.0e38)
-            if full > 0:
-                mv = vload(scores, 0)
-                for j in range(16, full, 16):
-                    mv = vmax(mv, vload(scores, j))
-                m = hmax(mv)
-            for j in range(full, n_keys):
-                m = max(m, scores[j])
-            vm = vsplat(m)
-            for j in range(0, padded, 16):
-                vstore(scores, j, vexp(vsub(vload(scores, j), vm)))
-            total = _f32(0.0)
-            for j in range(n_keys):
-                total += scores[j]
-            inv = _f32(1.0) / total
-            # out_h = sum_j p_j v_j
-            oh = out[t, h * hd:(h + 1) * hd]
-            for d0 in range(0, hd, 16):
-                vstore(oh, d0, vzero())
-            for j in range(n_keys):
-                vrow = v_cache[table[j // bs], kvh, j % bs]
-                p = vsplat(scores[j] * inv)
-                for d0 in range(0, hd, 16):
-                    vstore(oh, d0, vfma(p, vload(vrow, d0), vload(oh, d0)))
-
+            _scores(q[t, h * hd:(h + 1) * hd], k_flat, offsets, hd, bs, n_keys, _f32(scale), scores)
+            total = _softmax_in_place(scores, n_keys)
+            _weighted_values(scores, v_flat, table, kvh, n_kv, hd, bs, n_keys, _f32(1.0) / total,
+                             out[t, h * hd:(h + 1) * hd])

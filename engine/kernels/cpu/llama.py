@@ -25,8 +25,10 @@ MATRICES_PER_LAYER = 7
 
 @njit(cache=True)
 def decoder_stack(x, weights, weight_types, norms, k_cache, v_cache, rope_cos, rope_sin,
-                  block_tables, seq_ids, positions, slot_mapping, num_heads, eps):
+                  block_tables, seq_ids, positions, slot_mapping, num_heads, eps, int8_activations):
     """Run all layers over x (T, D) f32 in place.
+
+    int8_activations: decode-sized steps quantize activations to int8 (matmul.py); else float32.
 
     weights: list of (rows, row_bytes) u8, 7 per layer (WQ..W_DOWN); weight_types (L, 7) GGML ids;
     norms (L, 2, D) f32 (attention norm, FFN norm); k_cache (L, blocks, KV, hd, bs) f32;
@@ -50,28 +52,28 @@ def decoder_stack(x, weights, weight_types, norms, k_cache, v_cache, rope_cos, r
         w = layer * MATRICES_PER_LAYER
         types = weight_types[layer]
         rms_norm(x, norms[layer, 0], eps, h)
-        matmul(weights[w + WQ], types[WQ], h, q)
-        matmul(weights[w + WK], types[WK], h, k)
-        matmul(weights[w + WV], types[WV], h, v)
+        matmul(weights[w + WQ], types[WQ], h, q, int8_activations)
+        matmul(weights[w + WK], types[WK], h, k, int8_activations)
+        matmul(weights[w + WV], types[WV], h, v, int8_activations)
         rope(q, num_heads, hd, rope_cos, rope_sin)
         rope(k, n_kv, hd, rope_cos, rope_sin)
         write_kv(k, v, slot_mapping, k_cache[layer], v_cache[layer])
         paged_attention(q, k_cache[layer], v_cache[layer], block_tables, seq_ids, positions, scale, attn)
-        matmul(weights[w + WO], types[WO], attn, proj)
+        matmul(weights[w + WO], types[WO], attn, proj, int8_activations)
         add_inplace(x, proj)
         rms_norm(x, norms[layer, 1], eps, h)
-        matmul(weights[w + W_GATE], types[W_GATE], h, gate)
-        matmul(weights[w + W_UP], types[W_UP], h, up)
+        matmul(weights[w + W_GATE], types[W_GATE], h, gate, int8_activations)
+        matmul(weights[w + W_UP], types[W_UP], h, up, int8_activations)
         silu_mul(gate, up, gate)
-        matmul(weights[w + W_DOWN], types[W_DOWN], gate, proj)
+        matmul(weights[w + W_DOWN], types[W_DOWN], gate, proj, int8_activations)
         add_inplace(x, proj)
 
 
 @njit(cache=True)
-def output_logits(x, rows, norm, eps, head, head_type, logits):
+def output_logits(x, rows, norm, eps, head, head_type, logits, int8_activations):
     """logits (len(rows), vocab) = rms_norm(x[rows]) * norm @ head^T."""
     h = np.empty((rows.shape[0], x.shape[1]), np.float32)
     for i in range(rows.shape[0]):
         h[i] = x[rows[i]]
     rms_norm(h, norm, eps, h)
-    matmul(head, head_type, h, logits)
+    matmul(head, head_type, h, logits, int8_activations)

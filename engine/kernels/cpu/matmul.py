@@ -1,350 +1,42 @@
-"""Matrix products with weights kept in their GGML blocks (CPU, numba).
+"""Matrix products with weights kept in their GGML blocks (CPU, numba): the dispatcher.
 
-    matmul(w, ggml_type, x, out)      out (T, N) f32 = x (T, K) f32 @ W^T,  W = w (N, row_bytes) u8
+    matmul(w, ggml_type, x, out, int8_activations)
+        out (T, N) f32 = x (T, K) f32 @ W^T,  W = w (N, row_bytes) u8 in GGML type ggml_type
 
-Two paths, chosen by the number of tokens T:
-- T < GEMM_MIN_TOKENS (decode): every weight row is decoded in registers and dotted with each
-  token (`dot_<type>`). The row is read from memory once and stays in L1 across the tokens.
-- otherwise (prefill, batched decode): rows are dequantized four at a time into an f32 tile and a
-  4x4 register-blocked product runs over the tokens, so decoding costs once per row, not per token.
-
-Activations stay float32 (the exact mode): a block's contribution is d * (q . x) [+ m * sum(x)],
-which is the dequantized row dotted with x up to float rounding.
+Three paths, chosen by the number of tokens T:
+- T < GEMM_MIN_TOKENS with int8_activations (decode, fast mode): x is quantized to int8 per
+  16 values and integer dot products run on the weight blocks (matmul_q8.py), as llama.cpp does.
+- T < GEMM_MIN_TOKENS (decode, exact mode): float32 dot products on the blocks (matmul_f32.py).
+- otherwise (prefill, batched decode): dequantized tiles and a float32 GEMM (matmul_f32.py).
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from ..simd import (hsum, iand, ior, ishl, ishr, isub, itof, load_f16, load_f16x16, load_i8x16,
-                    load_u8x16, vadd, vfma, vload, vmul, vsplat, vstore, vsub, vzero)
+from ..ggml_types import Q4_0, Q4_1, Q4_K, Q6_K, Q8_0
+from .matmul_f32 import block_sums, matmul_rows_f32, matmul_tiles_f32
+from .matmul_q8 import matmul_q8, quantize_rows
 
-# GGML type ids (gguf.GGMLQuantizationType), frozen into the kernels as constants.
-F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K = 0, 1, 2, 3, 8, 12, 14
-SUPPORTED_TYPES = (F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K)
-
-GEMM_MIN_TOKENS = 2
-_ROW_TILE = 4
-_f32 = np.float32
-
-
-# ----------------------------------------------------------------------------- row . x products
-# row (row_bytes,) u8 one weight row in its blocks; x (K,) f32; xsum (K/32,) f32 sums of x per 32.
-
-@njit(cache=True, inline="always")
-def dot_q4_0(row, x, xsum):
-    acc = vzero()
-    correction = _f32(0.0)
-    for b in range(x.shape[0] // 32):
-        o = b * 18
-        k = b * 32
-        q = load_u8x16(row, o + 2)
-        s = vmul(itof(iand(q, 15)), vload(x, k))
-        s = vfma(itof(ishr(q, 4)), vload(x, k + 16), s)
-        d = load_f16(row, o)
-        acc = vfma(vsplat(d), s, acc)
-        correction += d * _f32(8.0) * xsum[b]        # the -8 offset of every nibble
-    return hsum(acc) - correction
+GEMM_MIN_TOKENS = 4
 
 
 @njit(cache=True, inline="always")
-def dot_q4_1(row, x, xsum):
-    acc0 = vzero()
-    acc1 = vzero()                                     # two chains hide the FMA latency
-    mins = _f32(0.0)
-    nblk = x.shape[0] // 32
-    for b in range(0, nblk - 1, 2):
-        o = b * 20
-        k = b * 32
-        q = load_u8x16(row, o + 4)
-        s = vmul(itof(iand(q, 15)), vload(x, k))
-        s = vfma(itof(ishr(q, 4)), vload(x, k + 16), s)
-        acc0 = vfma(vsplat(load_f16(row, o)), s, acc0)
-        q = load_u8x16(row, o + 24)
-        s = vmul(itof(iand(q, 15)), vload(x, k + 32))
-        s = vfma(itof(ishr(q, 4)), vload(x, k + 48), s)
-        acc1 = vfma(vsplat(load_f16(row, o + 20)), s, acc1)
-        mins += load_f16(row, o + 2) * xsum[b] + load_f16(row, o + 22) * xsum[b + 1]
-    if nblk % 2:
-        b = nblk - 1
-        o = b * 20
-        k = b * 32
-        q = load_u8x16(row, o + 4)
-        s = vmul(itof(iand(q, 15)), vload(x, k))
-        s = vfma(itof(ishr(q, 4)), vload(x, k + 16), s)
-        acc0 = vfma(vsplat(load_f16(row, o)), s, acc0)
-        mins += load_f16(row, o + 2) * xsum[b]
-    return hsum(vadd(acc0, acc1)) + mins
-
-
-@njit(cache=True, inline="always")
-def dot_q8_0(row, x, xsum):
-    acc0 = vzero()
-    acc1 = vzero()
-    for b in range(x.shape[0] // 32):
-        o = b * 34
-        k = b * 32
-        d = vsplat(load_f16(row, o))
-        acc0 = vfma(d, vmul(itof(load_i8x16(row, o + 2)), vload(x, k)), acc0)
-        acc1 = vfma(d, vmul(itof(load_i8x16(row, o + 18)), vload(x, k + 16)), acc1)
-    return hsum(vadd(acc0, acc1))
-
-
-@njit(cache=True, inline="always")
-def q4_k_scale_min(row, o, j):
-    """6-bit (scale, min) of sub-block j of the Q4_K super-block at byte o."""
-    s = o + 4
-    if j < 4:
-        return row[s + j] & 63, row[s + j + 4] & 63
-    return ((row[s + j + 4] & 0x0F) | ((row[s + j - 4] >> 6) << 4),
-            (row[s + j + 4] >> 4) | ((row[s + j] >> 6) << 4))
-
-
-@njit(cache=True, inline="always")
-def dot_q4_k(row, x, xsum):
-    acc = vzero()
-    mins = _f32(0.0)
-    for sb in range(x.shape[0] // 256):
-        o = sb * 144
-        d = load_f16(row, o)
-        dmin = load_f16(row, o + 2)
-        for c in range(4):                              # 64 weights: sub-blocks 2c and 2c+1
-            k = sb * 256 + c * 64
-            qa = load_u8x16(row, o + 16 + c * 32)
-            qb = load_u8x16(row, o + 32 + c * 32)
-            sc, m = q4_k_scale_min(row, o, 2 * c)
-            s = vmul(itof(iand(qa, 15)), vload(x, k))
-            s = vfma(itof(iand(qb, 15)), vload(x, k + 16), s)
-            acc = vfma(vsplat(d * _f32(sc)), s, acc)
-            mins += dmin * _f32(m) * xsum[k // 32]
-            sc, m = q4_k_scale_min(row, o, 2 * c + 1)
-            s = vmul(itof(ishr(qa, 4)), vload(x, k + 32))
-            s = vfma(itof(ishr(qb, 4)), vload(x, k + 48), s)
-            acc = vfma(vsplat(d * _f32(sc)), s, acc)
-            mins += dmin * _f32(m) * xsum[k // 32 + 1]
-    return hsum(acc) - mins
-
-
-@njit(cache=True, inline="always")
-def _q6_k_lanes(row, o, half, chunk):
-    """The four 16-lane groups of 6-bit values for lanes 16*chunk.. of one half super-block."""
-    ql_lo = load_u8x16(row, o + 64 * half + 16 * chunk)
-    ql_hi = load_u8x16(row, o + 64 * half + 32 + 16 * chunk)
-    qh = load_u8x16(row, o + 128 + 32 * half + 16 * chunk)
-    q1 = isub(ior(iand(ql_lo, 15), ishl(iand(qh, 3), 4)), 32)
-    q2 = isub(ior(iand(ql_hi, 15), ishl(iand(ishr(qh, 2), 3), 4)), 32)
-    q3 = isub(ior(ishr(ql_lo, 4), ishl(iand(ishr(qh, 4), 3), 4)), 32)
-    q4 = isub(ior(ishr(ql_hi, 4), ishl(iand(ishr(qh, 6), 3), 4)), 32)
-    return q1, q2, q3, q4
-
-
-@njit(cache=True, inline="always")
-def _i8(byte):
-    return np.int32(byte) - 256 if byte > 127 else np.int32(byte)
-
-
-@njit(cache=True, inline="always")
-def dot_q6_k(row, x, xsum):
-    acc = vzero()
-    for sb in range(x.shape[0] // 256):
-        o = sb * 210
-        d = load_f16(row, o + 208)
-        for half in range(2):
-            for chunk in range(2):
-                q1, q2, q3, q4 = _q6_k_lanes(row, o, half, chunk)
-                k = sb * 256 + half * 128 + chunk * 16
-                g = o + 192 + 8 * half + chunk          # int8 scale of this lane group
-                acc = vfma(vsplat(d * _f32(_i8(row[g]))), vmul(itof(q1), vload(x, k)), acc)
-                acc = vfma(vsplat(d * _f32(_i8(row[g + 2]))), vmul(itof(q2), vload(x, k + 32)), acc)
-                acc = vfma(vsplat(d * _f32(_i8(row[g + 4]))), vmul(itof(q3), vload(x, k + 64)), acc)
-                acc = vfma(vsplat(d * _f32(_i8(row[g + 6]))), vmul(itof(q4), vload(x, k + 96)), acc)
-    return hsum(acc)
-
-
-@njit(cache=True, inline="always")
-def dot_f16(row, x, xsum):
-    acc = vzero()
-    for k in range(0, x.shape[0], 16):
-        acc = vfma(load_f16x16(row, 2 * k), vload(x, k), acc)
-    return hsum(acc)
-
-
-@njit(cache=True, inline="always")
-def dot_f32(row, x, xsum):
-    acc = vzero()
-    for k in range(0, x.shape[0], 16):
-        acc = vfma(vload(row, 4 * k), vload(x, k), acc)
-    return hsum(acc)
+def _has_q8_kernel(ggml_type):
+    return ggml_type == Q4_0 or ggml_type == Q4_1 or ggml_type == Q8_0 or ggml_type == Q4_K or ggml_type == Q6_K
 
 
 @njit(cache=True)
-def dot_row(ggml_type, row, x, xsum):
-    if ggml_type == Q4_1:
-        return dot_q4_1(row, x, xsum)
-    if ggml_type == Q8_0:
-        return dot_q8_0(row, x, xsum)
-    if ggml_type == Q4_K:
-        return dot_q4_k(row, x, xsum)
-    if ggml_type == Q6_K:
-        return dot_q6_k(row, x, xsum)
-    if ggml_type == Q4_0:
-        return dot_q4_0(row, x, xsum)
-    if ggml_type == F16:
-        return dot_f16(row, x, xsum)
-    return dot_f32(row, x, xsum)
-
-
-# ----------------------------------------------------------------------------- dequantization
-# Bit-exact with engine.quants: the same float operations in the same order (no fused multiply-add).
-
-@njit(cache=True)
-def dequantize_row(ggml_type, row, out):
-    """row (row_bytes,) u8 -> out (K,) f32."""
-    K = out.shape[0]
-    if ggml_type == Q4_1 or ggml_type == Q4_0:
-        size = 20 if ggml_type == Q4_1 else 18
-        for b in range(K // 32):
-            o = b * size
-            q = load_u8x16(row, o + size - 16)
-            d = vsplat(load_f16(row, o))
-            if ggml_type == Q4_1:
-                m = vsplat(load_f16(row, o + 2))
-                vstore(out, b * 32, vadd(vmul(d, itof(iand(q, 15))), m))
-                vstore(out, b * 32 + 16, vadd(vmul(d, itof(ishr(q, 4))), m))
-            else:
-                vstore(out, b * 32, vmul(d, itof(isub(iand(q, 15), 8))))
-                vstore(out, b * 32 + 16, vmul(d, itof(isub(ishr(q, 4), 8))))
-    elif ggml_type == Q8_0:
-        for b in range(K // 32):
-            o = b * 34
-            d = vsplat(load_f16(row, o))
-            vstore(out, b * 32, vmul(itof(load_i8x16(row, o + 2)), d))
-            vstore(out, b * 32 + 16, vmul(itof(load_i8x16(row, o + 18)), d))
-    elif ggml_type == Q4_K:
-        for sb in range(K // 256):
-            o = sb * 144
-            d = load_f16(row, o)
-            dmin = load_f16(row, o + 2)
-            for j in range(8):
-                c = j // 2
-                sc, m = q4_k_scale_min(row, o, j)
-                scale = vsplat(d * _f32(sc))
-                offset = vsplat(dmin * _f32(m))
-                for part in range(2):
-                    q = load_u8x16(row, o + 16 + c * 32 + part * 16)
-                    q = ishr(q, 4) if j % 2 else iand(q, 15)
-                    vstore(out, sb * 256 + j * 32 + part * 16, vsub(vmul(scale, itof(q)), offset))
-    elif ggml_type == Q6_K:
-        for sb in range(K // 256):
-            o = sb * 210
-            d = load_f16(row, o + 208)
-            for half in range(2):
-                for chunk in range(2):
-                    q1, q2, q3, q4 = _q6_k_lanes(row, o, half, chunk)
-                    k = sb * 256 + half * 128 + chunk * 16
-                    g = o + 192 + 8 * half + chunk
-                    vstore(out, k, vmul(vsplat(d * _f32(_i8(row[g]))), itof(q1)))
-                    vstore(out, k + 32, vmul(vsplat(d * _f32(_i8(row[g + 2]))), itof(q2)))
-                    vstore(out, k + 64, vmul(vsplat(d * _f32(_i8(row[g + 4]))), itof(q3)))
-                    vstore(out, k + 96, vmul(vsplat(d * _f32(_i8(row[g + 6]))), itof(q4)))
-    elif ggml_type == F16:
-        for k in range(0, K, 16):
-            vstore(out, k, load_f16x16(row, 2 * k))
-    else:
-        for k in range(0, K, 16):
-            vstore(out, k, vload(row, 4 * k))
-
-
-# ----------------------------------------------------------------------------- products
-
-@njit(cache=True)
-def block_sums(x, xsum):
-    """x (T, K) f32 -> xsum (T, K/32): the sum of each 32-wide block of each row."""
-    for t in range(x.shape[0]):
-        for b in range(x.shape[1] // 32):
-            xsum[t, b] = hsum(vadd(vload(x[t], b * 32), vload(x[t], b * 32 + 16)))
-
-
-@njit(cache=True, inline="always")
-def _gemm_4x4(w0, w1, w2, w3, x, t, out, r):
-    """out[t:t+4, r:r+4] = x[t:t+4] @ [w0 w1 w2 w3]; w* (K,) f32 dequantized rows."""
-    x0 = x[t]
-    x1 = x[t + 1]
-    x2 = x[t + 2]
-    x3 = x[t + 3]
-    a00 = vzero(); a01 = vzero(); a02 = vzero(); a03 = vzero()   # noqa: E702
-    a10 = vzero(); a11 = vzero(); a12 = vzero(); a13 = vzero()   # noqa: E702
-    a20 = vzero(); a21 = vzero(); a22 = vzero(); a23 = vzero()   # noqa: E702
-    a30 = vzero(); a31 = vzero(); a32 = vzero(); a33 = vzero()   # noqa: E702
-    for k in range(0, w0.shape[0], 16):
-        v0 = vload(w0, k)
-        v1 = vload(w1, k)
-        v2 = vload(w2, k)
-        v3 = vload(w3, k)
-        u = vload(x0, k)
-        a00 = vfma(u, v0, a00); a01 = vfma(u, v1, a01); a02 = vfma(u, v2, a02); a03 = vfma(u, v3, a03)  # noqa: E702
-        u = vload(x1, k)
-        a10 = vfma(u, v0, a10); a11 = vfma(u, v1, a11); a12 = vfma(u, v2, a12); a13 = vfma(u, v3, a13)  # noqa: E702
-        u = vload(x2, k)
-        a20 = vfma(u, v0, a20); a21 = vfma(u, v1, a21); a22 = vfma(u, v2, a22); a23 = vfma(u, v3, a23)  # noqa: E702
-        u = vload(x3, k)
-        a30 = vfma(u, v0, a30); a31 = vfma(u, v1, a31); a32 = vfma(u, v2, a32); a33 = vfma(u, v3, a33)  # noqa: E702
-    out[t, r] = hsum(a00); out[t, r + 1] = hsum(a01); out[t, r + 2] = hsum(a02); out[t, r + 3] = hsum(a03)  # noqa: E702
-    out[t + 1, r] = hsum(a10); out[t + 1, r + 1] = hsum(a11); out[t + 1, r + 2] = hsum(a12); out[t + 1, r + 3] = hsum(a13)  # noqa: E702
-    out[t + 2, r] = hsum(a20); out[t + 2, r + 1] = hsum(a21); out[t + 2, r + 2] = hsum(a22); out[t + 2, r + 3] = hsum(a23)  # noqa: E702
-    out[t + 3, r] = hsum(a30); out[t + 3, r + 1] = hsum(a31); out[t + 3, r + 2] = hsum(a32); out[t + 3, r + 3] = hsum(a33)  # noqa: E702
-
-
-@njit(cache=True, inline="always")
-def _gemm_1x4(w0, w1, w2, w3, xt, out, t, r):
-    a0 = vzero(); a1 = vzero(); a2 = vzero(); a3 = vzero()   # noqa: E702
-    for k in range(0, w0.shape[0], 16):
-        u = vload(xt, k)
-        a0 = vfma(u, vload(w0, k), a0)
-        a1 = vfma(u, vload(w1, k), a1)
-        a2 = vfma(u, vload(w2, k), a2)
-        a3 = vfma(u, vload(w3, k), a3)
-    out[t, r] = hsum(a0); out[t, r + 1] = hsum(a1); out[t, r + 2] = hsum(a2); out[t, r + 3] = hsum(a3)  # noqa: E702
-
-
-@njit(cache=True, parallel=True)
-def _matmul_rows(w, ggml_type, x, xsum, out):
-    """Decode path: out[t, r] = dot(w[r], x[t]) for every row r (in parallel) and token t."""
-    for r in prange(w.shape[0]):
-        row = w[r]
-        for t in range(x.shape[0]):
-            out[t, r] = dot_row(ggml_type, row, x[t], xsum[t])
-
-
-@njit(cache=True, parallel=True)
-def _matmul_tiles(w, ggml_type, x, out):
-    """Batch path: dequantize four rows, then a register-blocked product over all tokens."""
-    N = w.shape[0]
-    K = x.shape[1]
-    T = x.shape[0]
-    n_tiles = (N + _ROW_TILE - 1) // _ROW_TILE
-    for tile in prange(n_tiles):
-        r = tile * _ROW_TILE
-        wt = np.zeros((_ROW_TILE, K), np.float32)
-        tile_out = np.empty((T, _ROW_TILE), np.float32)
-        for i in range(min(_ROW_TILE, N - r)):
-            dequantize_row(ggml_type, w[r + i], wt[i])
-        t = 0
-        while t + 4 <= T:
-            _gemm_4x4(wt[0], wt[1], wt[2], wt[3], x, t, tile_out, 0)
-            t += 4
-        while t < T:
-            _gemm_1x4(wt[0], wt[1], wt[2], wt[3], x[t], tile_out, t, 0)
-            t += 1
-        for i in range(min(_ROW_TILE, N - r)):
-            for t in range(T):
-                out[t, r + i] = tile_out[t, i]
-
-
-@njit(cache=True)
-def matmul(w, ggml_type, x, out):
+def matmul(w, ggml_type, x, out, int8_activations):
     """out (T, N) f32 = x (T, K) f32 @ W^T for W = w (N, row_bytes) u8 in GGML type ggml_type."""
-    if x.shape[0] < GEMM_MIN_TOKENS:
+    T, K = x.shape
+    if T < GEMM_MIN_TOKENS and int8_activations and _has_q8_kernel(ggml_type):
+        qx = np.empty((T, K), np.int8)
+        dx = np.empty((T, K // 16), np.float32)
+        xqsum16 = np.empty((T, K // 16), np.float32)
+        quantize_rows(x, qx, dx, xqsum16)
+        matmul_q8(w, ggml_type, qx, dx, xqsum16, out)
+    elif T < GEMM_MIN_TOKENS:
         xsum = np.empty((x.shape[0], x.shape[1] // 32), np.float32)
         block_sums(x, xsum)
-        _matmul_rows(w, ggml_type, x, xsum, out)
+        matmul_rows_f32(w, ggml_type, x, xsum, out)
     else:
-        _matmul_tiles(w, ggml_type, x, out)
+        matmul_tiles_f32(w, ggml_type, x, out)

@@ -3,7 +3,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..simd import hsum, vadd, vdiv, vexp, vfma, vload, vmul, vsplat, vstore, vsub, vzero
-from .matmul import dequantize_row
+from .dequant import dequantize_row
 
 _f32 = np.float32
 

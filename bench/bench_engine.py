@@ -1,0 +1,131 @@
+"""Engine benchmark: prefill and decode speed, start-up to first token, peak memory. Prints JSON.
+
+    python bench/bench_engine.py [--model PATH] [--threads 2] [--peers] [--repeats 3]
+
+Prefill: a 512-token prompt (the peers' prompt: random ids, seed 0) in one forward.
+Decode: 128 greedy tokens after a 16-token prompt, one forward per token.
+First token: wall time from starting `meshllm generate --max-tokens 1` to its first output byte,
+with an empty numba cache (cold: compiles every kernel) and then with the cache it left (warm).
+--peers runs llama.cpp and transformers (../shared/tools/) on the same prompt in this run, with the
+interpreter in .venv-peers (make bench-peers builds it), and prints our ratio to each.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_TOOLS = ROOT.parent / "shared" / "tools"
+
+
+def peer_prompt(n: int) -> list[int]:
+    random.seed(0)
+    return [random.randint(100, 40000) for _ in range(n)]
+
+
+def measure_engine(model_path: str | None, threads: int, repeats: int) -> dict:
+    from engine.runtime import configure
+    configure(threads)
+    from engine.llm import LLM
+    from engine.model import ForwardBatch
+
+    llm = LLM.load(model_path)
+    llm.warm_up()
+    model = llm.model
+    prompt = peer_prompt(512)
+    kv = model.new_kv_cache(num_blocks=(512 + 128 + 16) // 16 + 1, block_size=16)
+    table = np.arange(kv.num_blocks, dtype=np.int32).reshape(1, -1)
+
+    def forward(ids, start):
+        n = len(ids)
+        pos = np.arange(start, start + n, dtype=np.int32)
+        return model.forward(ForwardBatch(np.array(ids, np.int32), pos, np.zeros(n, np.int32), table,
+                                          pos.copy(), np.array([n - 1], np.int32)), kv)[0]
+
+    prefill, decode = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        forward(prompt, 0)
+        prefill.append(512 / (time.perf_counter() - t0))
+        logits = forward(prompt[:16], 0)
+        t0 = time.perf_counter()
+        for i in range(128):
+            logits = forward([int(np.argmax(logits))], 16 + i)
+        decode.append(128 / (time.perf_counter() - t0))
+    return {
+        "prefill512_tok_s": round(float(np.median(prefill)), 1),
+        "decode128_tok_s": round(float(np.median(decode)), 1),
+        "peak_rss_MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def first_token_seconds(model_path: str | None, threads: int, cache_dir: str) -> float:
+    """Wall time from process start to the first byte `meshllm generate` prints."""
+    cmd = [sys.executable, "-m", "services.cli", "generate", "--max-tokens", "1", "--temperature", "0",
+           "--threads", str(threads), "The capital of France is"]
+    if model_path:
+        cmd[4:4] = ["--model", model_path]
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, cwd=ROOT)
+    proc.stdout.read(1)
+    elapsed = time.perf_counter() - t0
+    proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"{cmd} exited {proc.returncode}")
+    return round(elapsed, 2)
+
+
+def run_peer(script: str, arg: str, threads: int) -> dict:
+    python = ROOT / ".venv-peers" / "bin" / "python"
+    if not python.exists():
+        return {"error": "no .venv-peers: run `make bench-peers`"}
+    out = subprocess.run([str(python), str(SHARED_TOOLS / script), arg, str(threads)],
+                         capture_output=True, text=True)
+    if out.returncode:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--peers", action="store_true")
+    ap.add_argument("--skip-startup", action="store_true", help="skip the first-token subprocess runs")
+    args = ap.parse_args()
+
+    result = {"engine": "meshllm", "threads": args.threads}
+    if not args.skip_startup:
+        with tempfile.TemporaryDirectory() as cache:
+            result["first_token_s_cold_cache"] = first_token_seconds(args.model, args.threads, cache)
+            result["first_token_s_warm_cache"] = first_token_seconds(args.model, args.threads, cache)
+    result.update(measure_engine(args.model, args.threads, args.repeats))
+    if args.peers:
+        from engine.assets import default_model_path
+        gguf = args.model or str(default_model_path())
+        peers = {
+            "llama.cpp": run_peer("bench_llamacpp.py", gguf, args.threads),
+            "transformers": run_peer("bench_hf.py", str(Path(gguf).parent), args.threads),
+        }
+        result["peers"] = peers
+        for name, peer in peers.items():
+            for key in ("prefill512_tok_s", "decode128_tok_s"):
+                if key in peer:
+                    result[f"{key}_ratio_vs_{name}"] = round(result[key] / peer[key], 2)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

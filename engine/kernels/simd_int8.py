@@ -1,0 +1,199 @@
+"""Byte vectors for integer dot products in numba CPU kernels (the int8-activation path).
+
+The model of llama.cpp's AVX2 kernels: unpack 32 quantized weights into a byte vector, multiply
+them with 32 int8 activations and sum groups of four products into eight int32 lanes
+(`dpbusd`: AVX-512 VNNI's vpdpbusd when the host has it, a portable widening sequence when not),
+then convert and scale those lanes in float with the block's scales.
+
+Types inside njit code only:
+  u8x32  -- <32 x i8> (read as unsigned or signed by the operation)
+  i32x8  -- <8 x i32>
+  f32x8  -- <8 x float>
+
+Loads take (array, index) with index counting elements of the array (bytes for uint8/int8 arrays).
+They are unaligned and unchecked.
+"""
+import llvmlite.binding as llvm_binding
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, models, register_model
+
+from .simd import _element_pointer, _intrinsic_fn, _splat
+
+_I8 = ir.IntType(8)
+_I32 = ir.IntType(32)
+_F32 = ir.FloatType()
+_VB = ir.VectorType(_I8, 32)
+_VB16 = ir.VectorType(_I8, 16)
+_VI = ir.VectorType(_I32, 8)
+_VF = ir.VectorType(_F32, 8)
+
+_features = llvm_binding.get_host_cpu_features()
+HAS_AVX512_VNNI = bool(_features.get("avx512vnni") and _features.get("avx512vl"))
+HAS_AVX_VNNI = bool(_features.get("avxvnni"))
+
+
+class _VectorType(types.Type):
+    def __init__(self, name):
+        super().__init__(name=name)
+
+
+u8x32 = _VectorType("u8x32")
+i32x8 = _VectorType("i32x8")
+f32x8 = _VectorType("f32x8")
+_LLVM_TYPES = {"u8x32": _VB, "i32x8": _VI, "f32x8": _VF}
+
+
+@register_model(_VectorType)
+class _VectorModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _LLVM_TYPES[fe_type.name])
+
+
+def _check_array(arr):
+    if not isinstance(arr, types.Array) or arr.ndim != 1:
+        raise TypeError(f"byte-vector loads need a 1-D array, got {arr}")
+
+
+# --------------------------------------------------------------------------- byte vectors
+
+@intrinsic
+def load_u8x32(typingctx, arr, idx):
+    """32 bytes at element idx."""
+    _check_array(arr)
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1], _VB)
+        return builder.load(ptr, align=1)
+    return u8x32(arr, idx), codegen
+
+
+@intrinsic
+def load_nibbles(typingctx, arr, idx):
+    """The 32 nibbles of 16 bytes at idx: low nibbles of bytes 0..15, then their high nibbles
+    (the order of weights in a Q4_0/Q4_1 block)."""
+    _check_array(arr)
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1], _VB16)
+        raw = builder.load(ptr, align=1)
+        lo = builder.and_(raw, ir.Constant(_VB16, [15] * 16))
+        hi = builder.lshr(raw, ir.Constant(_VB16, [4] * 16))
+        return builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(_I32, 32), list(range(32))))
+    return u8x32(arr, idx), codegen
+
+
+def _byte_scalar_op(op):
+    def typer(typingctx, v, k):
+        if v != u8x32 or not isinstance(k, types.Integer):
+            return None
+
+        def codegen(context, builder, sig, args):
+            s = context.cast(builder, args[1], sig.args[1], types.uint8)
+            return getattr(builder, op)(args[0], _splat(builder, s, _VB))
+        return u8x32(v, k), codegen
+    return typer
+
+
+band = intrinsic(_byte_scalar_op("and_"))    # v & k
+bshr = intrinsic(_byte_scalar_op("lshr"))    # v >> k (logical)
+bshl = intrinsic(_byte_scalar_op("shl"))     # v << k
+bxor = intrinsic(_byte_scalar_op("xor"))     # v ^ k
+
+
+@intrinsic
+def bor(typingctx, a, b):
+    def codegen(context, builder, sig, args):
+        return builder.or_(args[0], args[1])
+    return u8x32(u8x32, u8x32), codegen
+
+
+# --------------------------------------------------------------------------- int32 and float lanes
+
+@intrinsic
+def dpbusd(typingctx, acc, a, b):
+    """acc + sums of four products: lane i += sum_{j<4} a[4i+j] (unsigned) * b[4i+j] (signed)."""
+    def codegen(context, builder, sig, args):
+        acc, a, b = args
+        if HAS_AVX512_VNNI or HAS_AVX_VNNI:
+            name = "llvm.x86.avx512.vpdpbusd.256" if HAS_AVX512_VNNI else "llvm.x86.avx2.vpdpbusd.256"
+            fn = _intrinsic_fn(builder, name, _VI, [_VI, _VI, _VI])
+            return builder.call(fn, [acc, builder.bitcast(a, _VI), builder.bitcast(b, _VI)])
+        wide = ir.VectorType(_I32, 32)
+        prod = builder.mul(builder.zext(a, wide), builder.sext(b, wide))
+        parts = [builder.shuffle_vector(prod, prod, ir.Constant(_VI, [4 * i + j for i in range(8)])) for j in range(4)]
+        return builder.add(acc, builder.add(builder.add(parts[0], parts[1]), builder.add(parts[2], parts[3])))
+    return i32x8(i32x8, u8x32, u8x32), codegen
+
+
+@intrinsic
+def izero8(typingctx):
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_VI, [0] * 8)
+    return i32x8(), codegen
+
+
+@intrinsic
+def itof8(typingctx, v):
+    def codegen(context, builder, sig, args):
+        return builder.sitofp(args[0], _VF)
+    return f32x8(i32x8), codegen
+
+
+@intrinsic
+def vzero8(typingctx):
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_VF, [0.0] * 8)
+    return f32x8(), codegen
+
+
+@intrinsic
+def vsplat8(typingctx, s):
+    def codegen(context, builder, sig, args):
+        return _splat(builder, context.cast(builder, args[0], sig.args[0], types.float32), _VF)
+    return f32x8(s), codegen
+
+
+@intrinsic
+def vsplat8x2(typingctx, lo, hi):
+    """[lo]*4 + [hi]*4: one scale for the lanes of bytes 0..15, another for bytes 16..31."""
+    def codegen(context, builder, sig, args):
+        a = _splat(builder, context.cast(builder, args[0], sig.args[0], types.float32), _VF)
+        b = _splat(builder, context.cast(builder, args[1], sig.args[1], types.float32), _VF)
+        return builder.shuffle_vector(a, b, ir.Constant(_VI, [0, 1, 2, 3, 8, 9, 10, 11]))
+    return f32x8(lo, hi), codegen
+
+
+@intrinsic
+def vfma8(typingctx, a, b, c):
+    """a * b + c."""
+    def codegen(context, builder, sig, args):
+        return builder.call(_intrinsic_fn(builder, "llvm.fma.v8f32", _VF, [_VF, _VF, _VF]), args)
+    return f32x8(f32x8, f32x8, f32x8), codegen
+
+
+@intrinsic
+def vmul8(typingctx, a, b):
+    def codegen(context, builder, sig, args):
+        return builder.fmul(args[0], args[1])
+    return f32x8(f32x8, f32x8), codegen
+
+
+@intrinsic
+def vadd8(typingctx, a, b):
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], args[1])
+    return f32x8(f32x8, f32x8), codegen
+
+
+@intrinsic
+def hsum8(typingctx, a):
+    def codegen(context, builder, sig, args):
+        fn = _intrinsic_fn(builder, "llvm.vector.reduce.fadd.v8f32", _F32, [_F32, _VF])
+        return builder.call(fn, [ir.Constant(_F32, 0.0), args[0]], fastmath=("reassoc",))
+    return types.float32(f32x8), codegen
+
+
+__all__ = ["HAS_AVX512_VNNI", "HAS_AVX_VNNI", "u8x32", "i32x8", "f32x8", "load_u8x32", "load_nibbles", "band",
+           "bshr", "bshl", "bxor", "bor", "dpbusd", "izero8", "itof8", "vzero8", "vsplat8", "vsplat8x2", "vfma8",
+           "vmul8", "vadd8", "hsum8"]
