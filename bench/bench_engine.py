@@ -3,7 +3,8 @@
     python bench/bench_engine.py [--model PATH] [--threads 2] [--peers] [--repeats 3]
 
 Prefill: a 512-token prompt (the peers' prompt: random ids, seed 0) in one forward.
-Decode: 128 greedy tokens after a 16-token prompt, one forward per token.
+Decode: 128 greedy tokens after a 16-token prompt, one forward per token, in the exact mode
+(float32 activations, the default) and the fast mode (int8 activations, `--fast`).
 First token: wall time from starting `meshllm generate --max-tokens 1` to its first output byte,
 with an empty numba cache (cold: compiles every kernel) and then with the cache it left (warm).
 --peers runs llama.cpp and transformers (../shared/tools/) on the same prompt in this run, with the
@@ -41,6 +42,8 @@ def measure_engine(model_path: str | None, threads: int, repeats: int) -> dict:
 
     llm = LLM.load(model_path)
     llm.warm_up()
+    llm.model.int8_activations = True
+    llm.warm_up()
     model = llm.model
     prompt = peer_prompt(512)
     kv = model.new_kv_cache(num_blocks=(512 + 128 + 16) // 16 + 1, block_size=16)
@@ -52,19 +55,27 @@ def measure_engine(model_path: str | None, threads: int, repeats: int) -> dict:
         return model.forward(ForwardBatch(np.array(ids, np.int32), pos, np.zeros(n, np.int32), table,
                                           pos.copy(), np.array([n - 1], np.int32)), kv)[0]
 
-    prefill, decode = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        forward(prompt, 0)
-        prefill.append(512 / (time.perf_counter() - t0))
+    def decode_rate():
         logits = forward(prompt[:16], 0)
         t0 = time.perf_counter()
         for i in range(128):
             logits = forward([int(np.argmax(logits))], 16 + i)
-        decode.append(128 / (time.perf_counter() - t0))
+        return 128 / (time.perf_counter() - t0)
+
+    prefill, decode, decode_fast = [], [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        forward(prompt, 0)
+        prefill.append(512 / (time.perf_counter() - t0))
+        model.int8_activations = False
+        decode.append(decode_rate())
+        model.int8_activations = True
+        decode_fast.append(decode_rate())
+    model.int8_activations = False
     return {
         "prefill512_tok_s": round(float(np.median(prefill)), 1),
         "decode128_tok_s": round(float(np.median(decode)), 1),
+        "decode128_tok_s_fast": round(float(np.median(decode_fast)), 1),
         "peak_rss_MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 
@@ -121,9 +132,10 @@ def main() -> None:
         }
         result["peers"] = peers
         for name, peer in peers.items():
-            for key in ("prefill512_tok_s", "decode128_tok_s"):
-                if key in peer:
-                    result[f"{key}_ratio_vs_{name}"] = round(result[key] / peer[key], 2)
+            for key, peer_key in (("prefill512_tok_s", "prefill512_tok_s"), ("decode128_tok_s", "decode128_tok_s"),
+                                  ("decode128_tok_s_fast", "decode128_tok_s")):
+                if peer_key in peer:
+                    result[f"{key}_ratio_vs_{name}"] = round(result[key] / peer[peer_key], 2)
     print(json.dumps(result, indent=2))
 
 

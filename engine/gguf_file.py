@@ -154,8 +154,7 @@ class _HeaderReader:
 
     def scalar(self, vtype: int):
         fmt = _SCALAR_FORMATS[vtype]
-        (v,) = struct.unpack_from(fmt, self.buf, self.pos)
-        self.pos += struct.calcsize(fmt)
+        (v,) = struct.unpack(fmt, self.raw(struct.calcsize(fmt)))
         return v
 
     def string(self) -> str:

@@ -24,9 +24,9 @@ class LLM:
         self.chat_template = ChatTemplate(tokenizer.chat_template, piece(special.bos_id), piece(special.eos_id))
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None) -> LLM:
+    def load(cls, path: str | os.PathLike | None = None, int8_activations: bool = False) -> LLM:
         gguf = GGUFFile.open(path or default_model_path())
-        return cls(LlamaModel(gguf), Tokenizer.from_gguf(gguf))
+        return cls(LlamaModel(gguf, int8_activations), Tokenizer.from_gguf(gguf))
 
     @property
     def config(self):

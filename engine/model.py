@@ -63,10 +63,12 @@ class KVCache:
 
 
 class LlamaModel:
-    """int8_activations=True (the default, "fast") quantizes activations to int8 in decode-sized
-    steps, as llama.cpp does; False ("exact") keeps every activation in float32."""
+    """int8_activations=False (the default, "exact") keeps every activation in float32 and gives
+    transformers' greedy tokens; True ("fast") quantizes activations to int8 in decode-sized steps,
+    as llama.cpp does: faster, and like llama.cpp it flips near-tied tokens (SmolLM2's answer to
+    "What is the capital of France?" among them)."""
 
-    def __init__(self, gguf: GGUFFile, int8_activations: bool = True):
+    def __init__(self, gguf: GGUFFile, int8_activations: bool = False):
         self.gguf = gguf
         self.int8_activations = int8_activations
         self.config = cfg = ModelConfig.from_gguf(gguf)
@@ -102,7 +104,7 @@ class LlamaModel:
         self.rope_inv_freq = inv_freq / cfg.rope_scale
 
     @classmethod
-    def load(cls, path: str | os.PathLike, int8_activations: bool = True) -> LlamaModel:
+    def load(cls, path: str | os.PathLike, int8_activations: bool = False) -> LlamaModel:
         return cls(GGUFFile.open(path), int8_activations)
 
     def _matrix(self, name: str, rows: int, cols: int):

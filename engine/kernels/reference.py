@@ -39,7 +39,8 @@ def rope(x: np.ndarray, num_heads: int, head_dim: int, positions: np.ndarray, in
 
 def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     g = gate.astype(np.float64)
-    return (g / (1.0 + np.exp(-g)) * up).astype(np.float32)
+    sigmoid = 0.5 * (1.0 + np.tanh(0.5 * g))      # = 1 / (1 + exp(-g)), without overflow
+    return (g * sigmoid * up).astype(np.float32)
 
 
 def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_heads: int, num_kv_heads: int,

@@ -20,13 +20,14 @@ from ..simd import hmax, hsum, vadd, vexp, vfma, vload, vmax, vmul, vsplat, vsto
 _f32 = np.float32
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def write_kv(k, v, slot_mapping, k_cache, v_cache):
-    """Store k, v (T, num_kv_heads*head_dim) at cache slots slot_mapping (T,) = block*block_size + offset."""
+    """Store k, v (T, num_kv_heads*head_dim) at cache slots slot_mapping (T,) = block*block_size + offset.
+    Serial: a few KB per token, less than a thread wake-up."""
     n_kv = k_cache.shape[1]
     hd = k_cache.shape[2]
     bs = k_cache.shape[3]
-    for t in prange(k.shape[0]):
+    for t in range(k.shape[0]):
         block = slot_mapping[t] // bs
         offset = slot_mapping[t] % bs
         for h in range(n_kv):

@@ -17,6 +17,7 @@ from numba import njit
 from .attention import paged_attention, write_kv
 from .matmul import matmul
 from .ops import add_inplace, rms_norm, rope, silu_mul
+from .projections import project
 
 # Order of a layer's seven matrices in `weights` / `weight_types`.
 WQ, WK, WV, WO, W_GATE, W_UP, W_DOWN = range(7)
@@ -48,24 +49,27 @@ def decoder_stack(x, weights, weight_types, norms, k_cache, v_cache, rope_cos, r
     gate = np.empty((T, F), np.float32)
     up = np.empty((T, F), np.float32)
     proj = np.empty((T, D), np.float32)
+    no_matrix = np.empty((0, 0), np.uint8)
+    no_output = np.empty((0, 0), np.float32)
     for layer in range(weight_types.shape[0]):
         w = layer * MATRICES_PER_LAYER
         types = weight_types[layer]
         rms_norm(x, norms[layer, 0], eps, h)
-        matmul(weights[w + WQ], types[WQ], h, q, int8_activations)
-        matmul(weights[w + WK], types[WK], h, k, int8_activations)
-        matmul(weights[w + WV], types[WV], h, v, int8_activations)
+        project(h, int8_activations, weights[w + WQ], types[WQ], q, weights[w + WK], types[WK], k,
+                weights[w + WV], types[WV], v)
         rope(q, num_heads, hd, rope_cos, rope_sin)
         rope(k, n_kv, hd, rope_cos, rope_sin)
         write_kv(k, v, slot_mapping, k_cache[layer], v_cache[layer])
         paged_attention(q, k_cache[layer], v_cache[layer], block_tables, seq_ids, positions, scale, attn)
-        matmul(weights[w + WO], types[WO], attn, proj, int8_activations)
+        project(attn, int8_activations, weights[w + WO], types[WO], proj, no_matrix, 0, no_output,
+                no_matrix, 0, no_output)
         add_inplace(x, proj)
         rms_norm(x, norms[layer, 1], eps, h)
-        matmul(weights[w + W_GATE], types[W_GATE], h, gate, int8_activations)
-        matmul(weights[w + W_UP], types[W_UP], h, up, int8_activations)
+        project(h, int8_activations, weights[w + W_GATE], types[W_GATE], gate, weights[w + W_UP], types[W_UP], up,
+                no_matrix, 0, no_output)
         silu_mul(gate, up, gate)
-        matmul(weights[w + W_DOWN], types[W_DOWN], gate, proj, int8_activations)
+        project(gate, int8_activations, weights[w + W_DOWN], types[W_DOWN], proj, no_matrix, 0, no_output,
+                no_matrix, 0, no_output)
         add_inplace(x, proj)
 
 
@@ -76,4 +80,4 @@ def output_logits(x, rows, norm, eps, head, head_type, logits, int8_activations)
     for i in range(rows.shape[0]):
         h[i] = x[rows[i]]
     rms_norm(h, norm, eps, h)
-    matmul(head, head_type, h, logits, int8_activations)
+    matmul(head, head_type, h, logits, int8_activations)   # one matrix: matmul's own row loop

@@ -46,11 +46,12 @@ from .dequant import q4_k_scale_min, signed_byte
 _f32 = np.float32
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def quantize_rows(x, qx, dx, xqsum16):
     """Per 16-value int8 quantization of x (T, K): qx, its scales dx, and the sum of each 16
-    dequantized values (xqsum16)."""
-    for t in prange(x.shape[0]):
+    dequantized values (xqsum16). Serial: decode-sized steps only (T < 4), a thread wake-up
+    would cost more than the work."""
+    for t in range(x.shape[0]):
         for g in range(x.shape[1] // 16):
             amax = _f32(0.0)
             for j in range(g * 16, g * 16 + 16):
@@ -139,49 +140,53 @@ def _block(ggml_type, row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
     return _q4_0(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
 
 
-@njit(cache=True, parallel=True)
-def _rows(ggml_type, w, qx, dx, xqsum16, out):
-    """out[t, r] for every row (in parallel) and token. ggml_type is a compile-time constant
-    (`literally`): each type gets its own loop with no type test inside.
+@njit(cache=True)
+def _row_dot(ggml_type, row, qx, dx, xqsum16):
+    """row . x for one weight row and one quantized activation row (qx (K,), dx, xqsum16 (K/16,)).
 
-    One row at a time, streaming: tiles of four interleaved rows share the activation loads but
-    read memory in an order the prefetchers follow poorly, and decode reads its weights from DRAM
-    (142 vs 108 tokens/s for SmolLM2). Two chains over alternate blocks hide the FMA latency."""
+    ggml_type is a compile-time constant (`literally`): each type gets its own loop, no type test
+    inside. Two chains over alternate blocks hide the FMA latency."""
     literally(ggml_type)
+    a0 = vzero8()
+    a1 = vzero8()
+    c0 = _f32(0.0)
+    c1 = _f32(0.0)
+    n_blocks = qx.shape[0] // 32
+    for b in range(0, n_blocks - 1, 2):
+        a0, c0 = _block(ggml_type, row, b, load_u8x32(qx, b * 32), vsplat8x2(dx[2 * b], dx[2 * b + 1]),
+                        xqsum16[2 * b], xqsum16[2 * b + 1], a0, c0)
+        b1 = b + 1
+        a1, c1 = _block(ggml_type, row, b1, load_u8x32(qx, b1 * 32), vsplat8x2(dx[2 * b1], dx[2 * b1 + 1]),
+                        xqsum16[2 * b1], xqsum16[2 * b1 + 1], a1, c1)
+    if n_blocks % 2:
+        b = n_blocks - 1
+        a0, c0 = _block(ggml_type, row, b, load_u8x32(qx, b * 32), vsplat8x2(dx[2 * b], dx[2 * b + 1]),
+                        xqsum16[2 * b], xqsum16[2 * b + 1], a0, c0)
+    return hsum8(vadd8(a0, a1)) + c0 + c1
+
+
+@njit(cache=True, inline="always")
+def row_dot_q8(ggml_type, row, qx, dx, xqsum16):
+    """row . x with the type chosen at run time (one test per row, not per block)."""
+    if ggml_type == Q4_1:
+        return _row_dot(Q4_1, row, qx, dx, xqsum16)
+    if ggml_type == Q8_0:
+        return _row_dot(Q8_0, row, qx, dx, xqsum16)
+    if ggml_type == Q4_K:
+        return _row_dot(Q4_K, row, qx, dx, xqsum16)
+    if ggml_type == Q6_K:
+        return _row_dot(Q6_K, row, qx, dx, xqsum16)
+    return _row_dot(Q4_0, row, qx, dx, xqsum16)
+
+
+@njit(cache=True, parallel=True)
+def matmul_q8(w, ggml_type, qx, dx, xqsum16, out):
+    """out (T, N) = x @ W^T with x given quantized (quantize_rows); ggml_type in INT8_ACTIVATION_TYPES.
+
+    One row at a time, streaming: tiles of four interleaved rows would share the activation loads
+    but read memory in an order the prefetchers follow poorly, and decode reads its weights from
+    DRAM (142 vs 108 tokens/s for SmolLM2)."""
     for r in prange(w.shape[0]):
         row = w[r]
         for t in range(qx.shape[0]):
-            qxt = qx[t]
-            dxt = dx[t]
-            xqs = xqsum16[t]
-            a0 = vzero8()
-            a1 = vzero8()
-            c0 = _f32(0.0)
-            c1 = _f32(0.0)
-            n_blocks = qxt.shape[0] // 32
-            for b in range(0, n_blocks - 1, 2):
-                a0, c0 = _block(ggml_type, row, b, load_u8x32(qxt, b * 32), vsplat8x2(dxt[2 * b], dxt[2 * b + 1]),
-                                xqs[2 * b], xqs[2 * b + 1], a0, c0)
-                b1 = b + 1
-                a1, c1 = _block(ggml_type, row, b1, load_u8x32(qxt, b1 * 32),
-                                vsplat8x2(dxt[2 * b1], dxt[2 * b1 + 1]), xqs[2 * b1], xqs[2 * b1 + 1], a1, c1)
-            if n_blocks % 2:
-                b = n_blocks - 1
-                a0, c0 = _block(ggml_type, row, b, load_u8x32(qxt, b * 32), vsplat8x2(dxt[2 * b], dxt[2 * b + 1]),
-                                xqs[2 * b], xqs[2 * b + 1], a0, c0)
-            out[t, r] = hsum8(vadd8(a0, a1)) + c0 + c1
-
-
-@njit(cache=True)
-def matmul_q8(w, ggml_type, qx, dx, xqsum16, out):
-    """out (T, N) = x @ W^T with x given quantized (quantize_rows); ggml_type in INT8_ACTIVATION_TYPES."""
-    if ggml_type == Q4_1:
-        _rows(Q4_1, w, qx, dx, xqsum16, out)
-    elif ggml_type == Q8_0:
-        _rows(Q8_0, w, qx, dx, xqsum16, out)
-    elif ggml_type == Q4_K:
-        _rows(Q4_K, w, qx, dx, xqsum16, out)
-    elif ggml_type == Q6_K:
-        _rows(Q6_K, w, qx, dx, xqsum16, out)
-    else:
-        _rows(Q4_0, w, qx, dx, xqsum16, out)
+            out[t, r] = row_dot_q8(ggml_type, row, qx[t], dx[t], xqsum16[t])

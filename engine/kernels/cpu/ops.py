@@ -1,32 +1,53 @@
-"""Element-wise and normalisation kernels of the Llama block (CPU, numba)."""
+"""Element-wise and normalisation kernels of the Llama block (CPU, numba).
+
+Each runs serially for decode-sized steps (a few rows: waking a thread costs more than the work)
+and in parallel over rows for batches.
+"""
 import numpy as np
 from numba import njit, prange
 
 from ..simd import hsum, vadd, vdiv, vexp, vfma, vload, vmul, vsplat, vstore, vsub, vzero
 from .dequant import dequantize_row
 
+PARALLEL_MIN_ROWS = 8
 _f32 = np.float32
 
 
+# ----------------------------------------------------------------------------- RMSNorm
+
+@njit(cache=True, inline="always")
+def _rms_norm_row(xt, weight, eps, ot):
+    D = xt.shape[0]
+    acc = vzero()
+    for k in range(0, D, 16):
+        v = vload(xt, k)
+        acc = vfma(v, v, acc)
+    scale = vsplat(_f32(1.0) / np.sqrt(hsum(acc) / _f32(D) + _f32(eps)))
+    for k in range(0, D, 16):
+        vstore(ot, k, vmul(vmul(vload(xt, k), scale), vload(weight, k)))
+
+
 @njit(cache=True, parallel=True)
-def rms_norm(x, weight, eps, out):
-    """out (T, D) = x (T, D) / rms(x) * weight (D,); rms over D, in float32."""
-    D = x.shape[1]
+def _rms_norm_parallel(x, weight, eps, out):
     for t in prange(x.shape[0]):
-        xt = x[t]
-        ot = out[t]
-        acc = vzero()
-        for k in range(0, D, 16):
-            v = vload(xt, k)
-            acc = vfma(v, v, acc)
-        scale = vsplat(_f32(1.0) / np.sqrt(hsum(acc) / _f32(D) + _f32(eps)))
-        for k in range(0, D, 16):
-            vstore(ot, k, vmul(vmul(vload(xt, k), scale), vload(weight, k)))
+        _rms_norm_row(x[t], weight, eps, out[t])
 
 
 @njit(cache=True)
+def rms_norm(x, weight, eps, out):
+    """out (T, D) = x (T, D) / rms(x) * weight (D,); rms over D, in float32. out may be x."""
+    if x.shape[0] >= PARALLEL_MIN_ROWS:
+        _rms_norm_parallel(x, weight, eps, out)
+    else:
+        for t in range(x.shape[0]):
+            _rms_norm_row(x[t], weight, eps, out[t])
+
+
+# ----------------------------------------------------------------------------- RoPE
+
+@njit(cache=True)
 def rope_tables(positions, inv_freq, cos_out, sin_out):
-    """cos/sin (T, rope_dim/2) of positions (T,) i32 times inv_freq (rope_dim/2,) f64 (linear scaling folded in)."""
+    """cos/sin (T, rope_dim/2) of positions (T,) i32 times inv_freq (rope_dim/2,) f64 (scaling folded in)."""
     for t in range(positions.shape[0]):
         for i in range(inv_freq.shape[0]):
             angle = np.float64(positions[t]) * inv_freq[i]
@@ -34,46 +55,69 @@ def rope_tables(positions, inv_freq, cos_out, sin_out):
             sin_out[t, i] = np.sin(angle)
 
 
-@njit(cache=True, parallel=True)
-def rope(x, num_heads, head_dim, cos, sin):
-    """Rotate x (T, num_heads*head_dim) in place, GGML 'normal' mode (the Llama GGUF layout).
+@njit(cache=True, inline="always")
+def _rope_row(xt, num_heads, head_dim, cos_t, sin_t):
+    for h in range(num_heads):
+        base = h * head_dim
+        for i in range(cos_t.shape[0]):
+            a = xt[base + 2 * i]
+            b = xt[base + 2 * i + 1]
+            xt[base + 2 * i] = a * cos_t[i] - b * sin_t[i]
+            xt[base + 2 * i + 1] = a * sin_t[i] + b * cos_t[i]
 
-    Pairs (2i, 2i+1) of the first 2*cos.shape[1] dimensions of each head turn by angle i;
-    cos, sin (T, rope_dim/2) from rope_tables.
-    """
-    half = cos.shape[1]
+
+@njit(cache=True, parallel=True)
+def _rope_parallel(x, num_heads, head_dim, cos, sin):
     for t in prange(x.shape[0]):
-        for h in range(num_heads):
-            base = h * head_dim
-            for i in range(half):
-                a = x[t, base + 2 * i]
-                b = x[t, base + 2 * i + 1]
-                c = cos[t, i]
-                s = sin[t, i]
-                x[t, base + 2 * i] = a * c - b * s
-                x[t, base + 2 * i + 1] = a * s + b * c
+        _rope_row(x[t], num_heads, head_dim, cos[t], sin[t])
 
 
-@njit(cache=True, parallel=True)
-def silu_mul(gate, up, out):
-    """out (T, F) = silu(gate) * up = gate / (1 + exp(-gate)) * up."""
-    F = gate.shape[1]
+@njit(cache=True)
+def rope(x, num_heads, head_dim, cos, sin):
+    """Rotate x (T, num_heads*head_dim) in place, GGML 'normal' mode (the Llama GGUF layout):
+    pairs (2i, 2i+1) of the first 2*cos.shape[1] dimensions of each head turn by angle i;
+    cos, sin (T, rope_dim/2) from rope_tables."""
+    if x.shape[0] >= PARALLEL_MIN_ROWS:
+        _rope_parallel(x, num_heads, head_dim, cos, sin)
+    else:
+        for t in range(x.shape[0]):
+            _rope_row(x[t], num_heads, head_dim, cos[t], sin[t])
+
+
+# ----------------------------------------------------------------------------- SiLU-gated FFN
+
+@njit(cache=True, inline="always")
+def _silu_mul_row(g_row, u_row, o_row):
     one = vsplat(_f32(1.0))
     zero = vzero()
-    for t in prange(gate.shape[0]):
-        g_row = gate[t]
-        u_row = up[t]
-        o_row = out[t]
-        for k in range(0, F, 16):
-            g = vload(g_row, k)
-            sig = vdiv(one, vadd(one, vexp(vsub(zero, g))))
-            vstore(o_row, k, vmul(vmul(g, sig), vload(u_row, k)))
+    for k in range(0, g_row.shape[0], 16):
+        g = vload(g_row, k)
+        sig = vdiv(one, vadd(one, vexp(vsub(zero, g))))
+        vstore(o_row, k, vmul(vmul(g, sig), vload(u_row, k)))
 
 
 @njit(cache=True, parallel=True)
+def _silu_mul_parallel(gate, up, out):
+    for t in prange(gate.shape[0]):
+        _silu_mul_row(gate[t], up[t], out[t])
+
+
+@njit(cache=True)
+def silu_mul(gate, up, out):
+    """out (T, F) = silu(gate) * up = gate / (1 + exp(-gate)) * up. out may be gate."""
+    if gate.shape[0] >= PARALLEL_MIN_ROWS:
+        _silu_mul_parallel(gate, up, out)
+    else:
+        for t in range(gate.shape[0]):
+            _silu_mul_row(gate[t], up[t], out[t])
+
+
+# ----------------------------------------------------------------------------- residual, embedding
+
+@njit(cache=True)
 def add_inplace(x, y):
-    """x (T, D) += y (T, D)."""
-    for t in prange(x.shape[0]):
+    """x (T, D) += y (T, D). Memory-bound and short: no threads."""
+    for t in range(x.shape[0]):
         xt = x[t]
         yt = y[t]
         for k in range(0, x.shape[1], 16):

