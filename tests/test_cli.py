@@ -44,6 +44,7 @@ def test_bad_arguments_exit_2_with_a_message(args, message):
 
 def test_interactive_chat_answers_and_exits_on_eof():
     proc = subprocess.run([sys.executable, "-m", "services.cli", "chat", "--temperature", "0"],
-                          input="What is the capital of France?\n", capture_output=True, text=True, timeout=300, env=ENV)
+                          input="What is the capital of France?\n", capture_output=True, text=True,
+                          timeout=300, env=ENV)
     assert proc.returncode == 0, proc.stderr
     assert "The capital of France is Paris." in proc.stdout

@@ -155,7 +155,8 @@ def test_paged_attention_mixed_prefill_and_decode(head_dim, heads, kv_heads, blo
     keys = [rng.standard_normal((n, kv_heads * head_dim)).astype(np.float32) for n in lengths]
     values = [rng.standard_normal((n, kv_heads * head_dim)).astype(np.float32) for n in lengths]
     for s in range(2):
-        slots = np.array([tables[s, p // block_size] * block_size + p % block_size for p in range(lengths[s])], np.int32)
+        slots = np.array([tables[s, p // block_size] * block_size + p % block_size
+                          for p in range(lengths[s])], np.int32)
         write_kv(keys[s], values[s], slots, k_cache, v_cache)
     q_positions = [np.arange(70, 75), np.array([33])]
     q = rng.standard_normal((6, heads * head_dim)).astype(np.float32)

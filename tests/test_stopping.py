@@ -11,7 +11,8 @@ def feed_all(matcher, pieces):
     return out + matcher.flush()
 
 
-@pytest.mark.parametrize("pieces", [["Hello wor", "ld. STOP here"], ["Hello world. S", "T", "OP"], ["Hello world. STOP"]])
+@pytest.mark.parametrize("pieces", [["Hello wor", "ld. STOP here"], ["Hello world. S", "T", "OP"],
+                                    ["Hello world. STOP"]])
 def test_text_ends_right_before_the_stop_sequence(pieces):
     m = StopSequenceMatcher(("STOP",))
     assert feed_all(m, pieces) == "Hello world. "
