@@ -153,37 +153,65 @@ def load_f16x16(typingctx, arr, idx):
     return f32x16(arr, idx), codegen
 
 
-def _f16_from_word(builder, word, lane):
-    """Lane `lane` of an i32 read as two halves, as float32. Loading 32 bits (vmovd zero-extends)
-    rather than 16 (vpinsrw merges into a register) keeps each scale load free of a false
-    dependency on whatever that register held, which serialised whole kernels."""
-    pair = builder.bitcast(word, ir.VectorType(ir.HalfType(), 2))
-    return builder.fpext(builder.extract_element(pair, ir.Constant(_I32, lane)), _F32)
+def _halves_to_floats(builder, word):
+    """An i32 read as two IEEE halves -> <2 x float>. The word goes into a zeroed vector register
+    first: a scalar half load would otherwise become vpinsrw, which merges into (and so waits for)
+    whatever that register last held, and chains independent blocks together."""
+    wide = builder.insert_element(ir.Constant(ir.VectorType(_I32, 4), [0] * 4), word, ir.Constant(_I32, 0))
+    halves = builder.bitcast(wide, ir.VectorType(ir.HalfType(), 8))
+    pair = builder.shuffle_vector(halves, halves, ir.Constant(ir.VectorType(_I32, 2), [0, 1]))
+    return builder.fpext(pair, ir.VectorType(_F32, 2))
+
+
+def _load_word(context, builder, sig, args, shift):
+    ary = context.make_array(sig.args[0])(context, builder, args[0])
+    i = context.cast(builder, args[1], sig.args[1], types.intp)
+    if shift:
+        i = builder.sub(i, ir.Constant(i.type, shift))
+    return builder.load(builder.bitcast(builder.gep(ary.data, [i]), _I32.as_pointer()), align=1)
+
+
+def _check_bytes(arr):
+    _check_array(arr)
+    if arr.dtype.bitwidth != 8:
+        raise TypeError("half-float scale loads address a uint8/int8 array by byte")
 
 
 @intrinsic
 def load_f16(typingctx, arr, idx):
-    """The IEEE half at element idx (a byte offset for uint8 arrays), as float32.
+    """The IEEE half at byte idx of a uint8 array, as float32.
     Reads 4 bytes from idx: the two after the half must be readable (a block's leading scale)."""
-    _check_array(arr)
+    _check_bytes(arr)
 
     def codegen(context, builder, sig, args):
-        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1], _I32)
-        return _f16_from_word(builder, builder.load(ptr, align=1), 0)
+        pair = _halves_to_floats(builder, _load_word(context, builder, sig, args, 0))
+        return builder.extract_element(pair, ir.Constant(_I32, 0))
     return types.float32(arr, idx), codegen
 
 
 @intrinsic
 def load_f16_tail(typingctx, arr, idx):
     """As load_f16, reading the 4 bytes that end with the half (a block's trailing scale)."""
-    _check_array(arr)
+    _check_bytes(arr)
 
     def codegen(context, builder, sig, args):
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
-        i = builder.sub(context.cast(builder, args[1], sig.args[1], types.intp), ir.Constant(ir.IntType(64), 2))
-        ptr = builder.bitcast(builder.gep(ary.data, [i]), _I32.as_pointer())
-        return _f16_from_word(builder, builder.load(ptr, align=1), 1)
+        pair = _halves_to_floats(builder, _load_word(context, builder, sig, args, 2))
+        return builder.extract_element(pair, ir.Constant(_I32, 1))
     return types.float32(arr, idx), codegen
+
+
+@intrinsic
+def load_f16_pair(typingctx, arr, idx):
+    """The two IEEE halves at bytes idx..idx+3 (a block's d and m), as a (float32, float32) tuple."""
+    _check_bytes(arr)
+    pair_type = types.UniTuple(types.float32, 2)
+
+    def codegen(context, builder, sig, args):
+        pair = _halves_to_floats(builder, _load_word(context, builder, sig, args, 0))
+        first = builder.extract_element(pair, ir.Constant(_I32, 0))
+        second = builder.extract_element(pair, ir.Constant(_I32, 1))
+        return context.make_tuple(builder, pair_type, [first, second])
+    return pair_type(arr, idx), codegen
 
 
 @intrinsic
@@ -324,7 +352,7 @@ def itof(typingctx, v):
 
 __all__ = [
     "LANES", "f32x16", "i32x16", "vzero", "vsplat", "vload", "vstore", "load_u8x16", "load_i8x16",
-    "load_f16x16", "load_f16", "load_f16_tail", "load_f32", "vadd", "vsub", "vmul", "vdiv", "vfma",
+    "load_f16x16", "load_f16", "load_f16_tail", "load_f16_pair", "load_f32", "vadd", "vsub", "vmul", "vdiv", "vfma",
     "vmax", "hsum", "hmax",
     "vexp", "iand", "ishr", "ishl", "isub", "ior", "itof",
 ]

@@ -18,8 +18,10 @@ from ..simd import (
     ishr,
     itof,
     load_f16,
+    load_f16_pair,
     load_f16_tail,
     load_f16x16,
+    load_f32,
     load_i8x16,
     load_u8x16,
     vadd,
@@ -55,33 +57,29 @@ def dot_q4_0(row, x, xsum):
 
 
 @njit(cache=True, inline="always")
+def _q4_1_block(row, b, x, xsum, acc, mins):
+    o = b * 20
+    k = b * 32
+    q = load_u8x16(row, o + 4)
+    s = vmul(itof(iand(q, 15)), vload(x, k))
+    s = vfma(itof(ishr(q, 4)), vload(x, k + 16), s)
+    d, m = load_f16_pair(row, o)
+    return vfma(vsplat(d), s, acc), mins + m * load_f32(xsum, b)
+
+
+@njit(cache=True, inline="always")
 def dot_q4_1(row, x, xsum):
     acc0 = vzero()
     acc1 = vzero()                                     # two chains hide the FMA latency
-    mins = _f32(0.0)
+    mins0 = _f32(0.0)
+    mins1 = _f32(0.0)
     nblk = x.shape[0] // 32
     for b in range(0, nblk - 1, 2):
-        o = b * 20
-        k = b * 32
-        q = load_u8x16(row, o + 4)
-        s = vmul(itof(iand(q, 15)), vload(x, k))
-        s = vfma(itof(ishr(q, 4)), vload(x, k + 16), s)
-        acc0 = vfma(vsplat(load_f16(row, o)), s, acc0)
-        q = load_u8x16(row, o + 24)
-        s = vmul(itof(iand(q, 15)), vload(x, k + 32))
-        s = vfma(itof(ishr(q, 4)), vload(x, k + 48), s)
-        acc1 = vfma(vsplat(load_f16(row, o + 20)), s, acc1)
-        mins += load_f16(row, o + 2) * xsum[b] + load_f16(row, o + 22) * xsum[b + 1]
+        acc0, mins0 = _q4_1_block(row, b, x, xsum, acc0, mins0)
+        acc1, mins1 = _q4_1_block(row, b + 1, x, xsum, acc1, mins1)
     if nblk % 2:
-        b = nblk - 1
-        o = b * 20
-        k = b * 32
-        q = load_u8x16(row, o + 4)
-        s = vmul(itof(iand(q, 15)), vload(x, k))
-        s = vfma(itof(ishr(q, 4)), vload(x, k + 16), s)
-        acc0 = vfma(vsplat(load_f16(row, o)), s, acc0)
-        mins += load_f16(row, o + 2) * xsum[b]
-    return hsum(vadd(acc0, acc1)) + mins
+        acc0, mins0 = _q4_1_block(row, nblk - 1, x, xsum, acc0, mins0)
+    return hsum(vadd(acc0, acc1)) + mins0 + mins1
 
 
 @njit(cache=True, inline="always")
@@ -103,8 +101,7 @@ def dot_q4_k(row, x, xsum):
     mins = _f32(0.0)
     for sb in range(x.shape[0] // 256):
         o = sb * 144
-        d = load_f16(row, o)
-        dmin = load_f16(row, o + 2)
+        d, dmin = load_f16_pair(row, o)
         for c in range(4):                              # 64 weights: sub-blocks 2c and 2c+1
             k = sb * 256 + c * 64
             qa = load_u8x16(row, o + 16 + c * 32)

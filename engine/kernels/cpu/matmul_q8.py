@@ -21,7 +21,7 @@ import numpy as np
 from numba import literally, njit, prange
 
 from ..ggml_types import Q4_0, Q4_1, Q4_K, Q6_K, Q8_0
-from ..simd import load_f16, load_f16_tail
+from ..simd import load_f16, load_f16_pair, load_f16_tail, load_f32
 from ..simd_int8 import (
     band,
     bor,
@@ -75,8 +75,9 @@ def quantize_rows(x, qx, dx, xqsum16):
 @njit(cache=True, inline="always")
 def _q4_1(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
     o = b * 20
+    d, m = load_f16_pair(row, o)
     p = itof8(dpbusd(izero8(), load_nibbles(row, o + 4), xq))
-    return vfma8(vmul8(p, dxv), vsplat8(load_f16(row, o)), acc), offset + load_f16(row, o + 2) * (xqs_lo + xqs_hi)
+    return vfma8(vmul8(p, dxv), vsplat8(d), acc), offset + m * (xqs_lo + xqs_hi)
 
 
 @njit(cache=True, inline="always")
@@ -102,9 +103,10 @@ def _q4_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
     packed = load_u8x32(row, o + 16 + (j // 2) * 32)
     q = bshr(packed, 4) if j % 2 else band(packed, 15)
     sc, m = q4_k_scale_min(row, o, j)
+    d, dmin = load_f16_pair(row, o)
     p = itof8(dpbusd(izero8(), q, xq))
-    acc = vfma8(vmul8(p, dxv), vsplat8(load_f16(row, o) * _f32(sc)), acc)
-    return acc, offset - load_f16(row, o + 2) * _f32(m) * (xqs_lo + xqs_hi)
+    acc = vfma8(vmul8(p, dxv), vsplat8(d * _f32(sc)), acc)
+    return acc, offset - dmin * _f32(m) * (xqs_lo + xqs_hi)
 
 
 @njit(cache=True, inline="always")
@@ -140,6 +142,14 @@ def _block(ggml_type, row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
     return _q4_0(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
 
 
+@njit(cache=True, inline="always")
+def _activation_block(ggml_type, row, b, qx, dx, xqsum16, acc, offset):
+    """Weight block b against activation block b (load_f32: no negative-index wraparound code)."""
+    dxv = vsplat8x2(load_f32(dx, 2 * b), load_f32(dx, 2 * b + 1))
+    return _block(ggml_type, row, b, load_u8x32(qx, b * 32), dxv, load_f32(xqsum16, 2 * b),
+                  load_f32(xqsum16, 2 * b + 1), acc, offset)
+
+
 @njit(cache=True)
 def _row_dot(ggml_type, row, qx, dx, xqsum16):
     """row . x for one weight row and one quantized activation row (qx (K,), dx, xqsum16 (K/16,)).
@@ -153,15 +163,10 @@ def _row_dot(ggml_type, row, qx, dx, xqsum16):
     c1 = _f32(0.0)
     n_blocks = qx.shape[0] // 32
     for b in range(0, n_blocks - 1, 2):
-        a0, c0 = _block(ggml_type, row, b, load_u8x32(qx, b * 32), vsplat8x2(dx[2 * b], dx[2 * b + 1]),
-                        xqsum16[2 * b], xqsum16[2 * b + 1], a0, c0)
-        b1 = b + 1
-        a1, c1 = _block(ggml_type, row, b1, load_u8x32(qx, b1 * 32), vsplat8x2(dx[2 * b1], dx[2 * b1 + 1]),
-                        xqsum16[2 * b1], xqsum16[2 * b1 + 1], a1, c1)
+        a0, c0 = _activation_block(ggml_type, row, b, qx, dx, xqsum16, a0, c0)
+        a1, c1 = _activation_block(ggml_type, row, b + 1, qx, dx, xqsum16, a1, c1)
     if n_blocks % 2:
-        b = n_blocks - 1
-        a0, c0 = _block(ggml_type, row, b, load_u8x32(qx, b * 32), vsplat8x2(dx[2 * b], dx[2 * b + 1]),
-                        xqsum16[2 * b], xqsum16[2 * b + 1], a0, c0)
+        a0, c0 = _activation_block(ggml_type, row, n_blocks - 1, qx, dx, xqsum16, a0, c0)
     return hsum8(vadd8(a0, a1)) + c0 + c1
 
 
