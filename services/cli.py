@@ -10,6 +10,7 @@ from engine.sampling import SamplingError, SamplingParams
 from engine.stopping import StoppingCriteria, StoppingError
 
 USER_ERRORS = (GenerationError, SamplingError, StoppingError, ChatTemplateError, FileNotFoundError, ValueError)
+# (services.common.config.ConfigError is a ValueError)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -116,6 +117,15 @@ def cmd_chat(args) -> int:
         messages.append({"role": "assistant", "content": "".join(reply)})
 
 
+def cmd_worker(args) -> int:
+    from .common.config import QueueConfig, RedisConfig, WorkerConfig, from_sources
+    from .common.logs import configure_logging
+    from .worker.worker import run_worker
+    configure_logging("worker")
+    run_worker(from_sources(RedisConfig, args), from_sources(QueueConfig, args), from_sources(WorkerConfig, args))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshllm",
                                      description="meshllm: a Llama-family LLM serving mesh on numba kernels")
@@ -133,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_args(p)
     p.add_argument("--system", default=None, help="a system message")
     p.set_defaults(func=cmd_chat)
+
+    from .common.config import QueueConfig, RedisConfig, WorkerConfig, add_arguments
+    p = sub.add_parser("worker", help="a generation worker: takes jobs from Redis and runs them")
+    add_arguments(p, WorkerConfig, "worker")
+    add_arguments(p, RedisConfig, "redis")
+    add_arguments(p, QueueConfig, "job queue")
+    p.set_defaults(func=cmd_worker)
     return parser
 
 

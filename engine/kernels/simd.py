@@ -272,6 +272,42 @@ def hsum(typingctx, a):
 
 
 @intrinsic
+def store_hsum4(typingctx, arr, idx, a, b, c, d):
+    """arr[idx:idx+4] = (sum a, sum b, sum c, sum d): four horizontal sums in one shuffle tree
+    (15 operations where four separate reductions take ~32)."""
+    _check_array(arr)
+
+    def codegen(context, builder, sig, args):
+        va, vb, vc, vd = args[2:]
+
+        def mask(lanes):
+            return ir.Constant(ir.VectorType(_I32, len(lanes)), lanes)
+
+        def fold(x, y, width):     # [x | y] halves added: width lanes per input -> width/2 each
+            half = width // 2
+            lo = builder.shuffle_vector(x, y, mask(list(range(half)) + [width + i for i in range(half)]))
+            hi = builder.shuffle_vector(x, y, mask([half + i for i in range(half)]
+                                                   + [width + half + i for i in range(half)]))
+            return builder.fadd(lo, hi)
+
+        ab = fold(va, vb, 16)                       # 8 lanes of a's partial sums, 8 of b's
+        cd = fold(vc, vd, 16)
+        quarters = [g * 8 + i for g in range(4) for i in range(4)]         # lanes 0-3 of each 8
+        s = builder.fadd(builder.shuffle_vector(ab, cd, mask(quarters)),
+                         builder.shuffle_vector(ab, cd, mask([q + 4 for q in quarters])))
+        undef = ir.Constant(_VF, ir.Undefined)
+        t = builder.fadd(builder.shuffle_vector(s, undef, mask([0, 1, 4, 5, 8, 9, 12, 13])),
+                         builder.shuffle_vector(s, undef, mask([2, 3, 6, 7, 10, 11, 14, 15])))
+        t_undef = ir.Constant(ir.VectorType(_F32, 8), ir.Undefined)
+        r = builder.fadd(builder.shuffle_vector(t, t_undef, mask([0, 2, 4, 6])),
+                         builder.shuffle_vector(t, t_undef, mask([1, 3, 5, 7])))
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1], ir.VectorType(_F32, 4))
+        builder.store(r, ptr, align=1)
+        return context.get_dummy_value()
+    return types.void(arr, idx, f32x16, f32x16, f32x16, f32x16), codegen
+
+
+@intrinsic
 def hmax(typingctx, a):
     """Largest of the 16 lanes."""
     def codegen(context, builder, sig, args):
@@ -352,7 +388,8 @@ def itof(typingctx, v):
 
 __all__ = [
     "LANES", "f32x16", "i32x16", "vzero", "vsplat", "vload", "vstore", "load_u8x16", "load_i8x16",
-    "load_f16x16", "load_f16", "load_f16_tail", "load_f16_pair", "load_f32", "vadd", "vsub", "vmul", "vdiv", "vfma",
-    "vmax", "hsum", "hmax",
+    "load_f16x16", "load_f16", "load_f16_tail", "load_f16_pair", "load_f32", "vadd", "vsub", "vmul",
+    "vdiv", "vfma",
+    "vmax", "hsum", "store_hsum4", "hmax",
     "vexp", "iand", "ishr", "ishl", "isub", "ior", "itof",
 ]

@@ -24,6 +24,7 @@ from ..simd import (
     load_f32,
     load_i8x16,
     load_u8x16,
+    store_hsum4,
     vadd,
     vfma,
     vload,
@@ -34,6 +35,7 @@ from ..simd import (
 from .dequant import dequantize_row, q4_k_scale_min, q6_k_lanes, signed_byte
 
 _ROW_TILE = 4
+_CHUNKS = 32          # parallel chunks of a batch product: a few per thread, each with its own scratch
 _f32 = np.float32
 
 
@@ -182,7 +184,9 @@ def block_sums(x, xsum):
 
 @njit(cache=True, inline="always")
 def _gemm_4x4(w0, w1, w2, w3, x, t, out, r):
-    """out[t:t+4, r:r+4] = x[t:t+4] @ [w0 w1 w2 w3]; w* (K,) f32 dequantized rows."""
+    """out[t:t+4, r:r+4] = x[t:t+4] @ [w0 w1 w2 w3]; w* (K,) f32 dequantized rows.
+    Per token the four row sums go through store_hsum4, as in _gemm_1x4: a token's result does not
+    depend on which group of four it falls in, so batch composition never changes an output."""
     x0 = x[t]
     x1 = x[t + 1]
     x2 = x[t + 2]
@@ -204,13 +208,10 @@ def _gemm_4x4(w0, w1, w2, w3, x, t, out, r):
         a20 = vfma(u, v0, a20); a21 = vfma(u, v1, a21); a22 = vfma(u, v2, a22); a23 = vfma(u, v3, a23)
         u = vload(x3, k)
         a30 = vfma(u, v0, a30); a31 = vfma(u, v1, a31); a32 = vfma(u, v2, a32); a33 = vfma(u, v3, a33)
-    out[t, r] = hsum(a00); out[t, r + 1] = hsum(a01); out[t, r + 2] = hsum(a02); out[t, r + 3] = hsum(a03)
-    t += 1
-    out[t, r] = hsum(a10); out[t, r + 1] = hsum(a11); out[t, r + 2] = hsum(a12); out[t, r + 3] = hsum(a13)
-    t += 1
-    out[t, r] = hsum(a20); out[t, r + 1] = hsum(a21); out[t, r + 2] = hsum(a22); out[t, r + 3] = hsum(a23)
-    t += 1
-    out[t, r] = hsum(a30); out[t, r + 1] = hsum(a31); out[t, r + 2] = hsum(a32); out[t, r + 3] = hsum(a33)
+    store_hsum4(out[t], r, a00, a01, a02, a03)
+    store_hsum4(out[t + 1], r, a10, a11, a12, a13)
+    store_hsum4(out[t + 2], r, a20, a21, a22, a23)
+    store_hsum4(out[t + 3], r, a30, a31, a32, a33)
 
 
 @njit(cache=True, inline="always")
@@ -222,7 +223,7 @@ def _gemm_1x4(w0, w1, w2, w3, xt, out, t, r):
         a1 = vfma(u, vload(w1, k), a1)
         a2 = vfma(u, vload(w2, k), a2)
         a3 = vfma(u, vload(w3, k), a3)
-    out[t, r] = hsum(a0); out[t, r + 1] = hsum(a1); out[t, r + 2] = hsum(a2); out[t, r + 3] = hsum(a3)
+    store_hsum4(out[t], r, a0, a1, a2, a3)
 
 
 @njit(cache=True, parallel=True)
@@ -236,24 +237,30 @@ def matmul_rows_f32(w, ggml_type, x, xsum, out):
 
 @njit(cache=True, parallel=True)
 def matmul_tiles_f32(w, ggml_type, x, out):
-    """Batch path: dequantize four rows, then a register-blocked product over all tokens."""
+    """Batch path: dequantize four rows, then a register-blocked product over all tokens.
+
+    Rows are split into a few contiguous chunks per thread; each chunk allocates its scratch once
+    (an allocation per tile cost ~80k allocations per decode step of the whole model)."""
     N = w.shape[0]
     K = x.shape[1]
     T = x.shape[0]
     n_tiles = (N + _ROW_TILE - 1) // _ROW_TILE
-    for tile in prange(n_tiles):
-        r = tile * _ROW_TILE
+    n_chunks = min(n_tiles, _CHUNKS)
+    for chunk in prange(n_chunks):
         wt = np.zeros((_ROW_TILE, K), np.float32)
         tile_out = np.empty((T, _ROW_TILE), np.float32)
-        for i in range(min(_ROW_TILE, N - r)):
-            dequantize_row(ggml_type, w[r + i], wt[i])
-        t = 0
-        while t + 4 <= T:
-            _gemm_4x4(wt[0], wt[1], wt[2], wt[3], x, t, tile_out, 0)
-            t += 4
-        while t < T:
-            _gemm_1x4(wt[0], wt[1], wt[2], wt[3], x[t], tile_out, t, 0)
-            t += 1
-        for i in range(min(_ROW_TILE, N - r)):
-            for t in range(T):
-                out[t, r + i] = tile_out[t, i]
+        for tile in range(chunk * n_tiles // n_chunks, (chunk + 1) * n_tiles // n_chunks):
+            r = tile * _ROW_TILE
+            rows = min(_ROW_TILE, N - r)
+            for i in range(rows):
+                dequantize_row(ggml_type, w[r + i], wt[i])
+            t = 0
+            while t + 4 <= T:
+                _gemm_4x4(wt[0], wt[1], wt[2], wt[3], x, t, tile_out, 0)
+                t += 4
+            while t < T:
+                _gemm_1x4(wt[0], wt[1], wt[2], wt[3], x[t], tile_out, t, 0)
+                t += 1
+            for i in range(rows):
+                for t in range(T):
+                    out[t, r + i] = tile_out[t, i]

@@ -1,0 +1,102 @@
+"""Serving-engine benchmark: continuous batching and the prefix cache. Prints JSON.
+
+    python bench/bench_serving.py [--threads 2] [--tokens 64]
+
+- Aggregate decode tok/s at 1, 4, 16 and 64 concurrent sequences: that many 16-token prompts
+  admitted together, then the decode steps timed (tokens generated / seconds).
+- Time to first token of a 1000-token prompt: cold; with a local prefix hit (the same engine ran
+  it before); and with a Redis hit on an engine that never computed it (its blocks written to a
+  real redis-server by another engine, as one worker's are read by another).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+
+import numpy as np
+
+
+def decode_throughput(llm, n_seqs: int, tokens: int) -> float:
+    from engine.llm_engine import EngineConfig, LLMEngine
+    from engine.sampling import GREEDY
+    from engine.sequence import RequestOptions
+    from engine.stopping import StoppingCriteria
+    engine = LLMEngine(llm.model, llm.tokenizer, EngineConfig(kv_cache_mb=512, max_num_seqs=max(n_seqs, 1)))
+    rng = random.Random(n_seqs)
+    options = RequestOptions(GREEDY, StoppingCriteria(tokens, ignore_eos=True))
+    for i in range(n_seqs):
+        engine.add_request(f"r{i}", [rng.randint(100, 40000) for _ in range(16)], options)
+    engine.step()                                           # the prefill step: not timed
+    generated = 0
+    t0 = time.perf_counter()
+    while engine.has_work():
+        generated += sum(len(o.events) for o in engine.step())
+    return generated / (time.perf_counter() - t0)
+
+
+def first_token_seconds(engine, ids, rid) -> float:
+    from engine.sampling import GREEDY
+    from engine.sequence import RequestOptions
+    from engine.stopping import StoppingCriteria
+    t0 = time.perf_counter()
+    engine.add_request(rid, ids, RequestOptions(GREEDY, StoppingCriteria(1)))
+    while engine.has_work():
+        if engine.step():
+            elapsed = time.perf_counter() - t0
+    while engine.has_work():
+        engine.step()
+    return elapsed
+
+
+def prefix_cache_ttft(llm) -> dict:
+    import redis
+
+    from engine.llm_engine import EngineConfig, LLMEngine
+    from services.common.keys import Keys
+    from services.common.kv_store import RedisBlockStore
+    from services.common.redis_server import RedisServer
+
+    rng = random.Random(1000)
+    ids = [rng.randint(100, 40000) for _ in range(1000)]
+    config = EngineConfig(kv_cache_mb=512, max_num_batched_tokens=1024)
+    with RedisServer(maxmemory="1gb") as server:
+        store = RedisBlockStore(redis.Redis.from_url(server.url), Keys("bench:"), llm.model.fingerprint)
+        first = LLMEngine(llm.model, llm.tokenizer, config, store)
+        cold = first_token_seconds(first, ids, "cold")
+        first.flush_exports()             # its blocks reach Redis before the next request arrives
+        local = first_token_seconds(first, ids, "local")
+        second = LLMEngine(llm.model, llm.tokenizer, config, store)
+        remote = first_token_seconds(second, ids, "remote")
+        assert second.stats.remote_blocks_imported == (len(ids) - 1) // 16
+        first.close()
+        second.close()
+    return {"ttft_1000_cold_s": round(cold, 3), "ttft_1000_local_hit_s": round(local, 4),
+            "ttft_1000_redis_hit_s": round(remote, 4), "redis_hit_speedup": round(cold / remote, 1),
+            "local_hit_speedup": round(cold / local, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=64, help="tokens generated per sequence")
+    ap.add_argument("--fast", action="store_true", help="int8 activations in decode")
+    args = ap.parse_args()
+    from engine.runtime import configure
+    configure(args.threads)
+    from engine.llm import LLM
+    llm = LLM.load(int8_activations=args.fast)
+    llm.warm_up()
+    result = {"engine": "meshllm", "mode": "fast" if args.fast else "exact", "threads": args.threads}
+    for n in (1, 4, 16, 64):
+        result[f"decode_tok_s_{n}_seqs"] = round(float(np.median([decode_throughput(llm, n, args.tokens)
+                                                                  for _ in range(2)])), 1)
+    for n in (4, 16, 64):
+        result[f"speedup_{n}_seqs"] = round(result[f"decode_tok_s_{n}_seqs"] / result["decode_tok_s_1_seqs"], 2)
+    result.update(prefix_cache_ttft(llm))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

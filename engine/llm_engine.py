@@ -1,0 +1,283 @@
+"""The serving engine: requests in, token events out, one continuous-batching step at a time.
+
+    engine = LLMEngine(model, tokenizer, EngineConfig(), block_store=None)
+    engine.add_request("r1", prompt_ids, RequestOptions(...))
+    while engine.has_work():
+        for output in engine.step():          # RequestOutput(request_id, events, finished)
+            ...
+
+A step: import prefix blocks from the shared store for the sequences about to be admitted,
+schedule (scheduler.py), run the model on the scheduled chunks (model_runner.py), sample the
+sequences that reached their last token, publish newly computed full blocks to the prefix cache
+and the store, and free the finished.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+
+from .block_pool import BlockPool
+from .block_store import BlockStore, InvalidBlock, decode_block, encode_block
+from .kv_cache_manager import KVCacheManager
+from .model import KVCache, LlamaModel
+from .model_runner import ModelRunner
+from .scheduler import Scheduler
+from .sequence import RequestOptions, Sequence, TokenEvent
+from .stopping import FinishReason
+from .tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class GenerationError(ValueError):
+    """The request cannot be served as asked (empty prompt, too long for the context, bad ids)."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    block_size: int = 16                  # tokens per KV block (a multiple of 16)
+    kv_cache_mb: int = 1024               # memory for the KV block pool
+    num_kv_blocks: int | None = None      # overrides kv_cache_mb
+    max_num_batched_tokens: int = 512     # token budget of one step (prefill chunk size)
+    max_num_seqs: int = 64                # sequences running at once
+    max_context: int | None = None        # default: the model's context length
+    prefault_kv: bool = True              # map the pool's memory at start-up, not inside requests
+
+    def __post_init__(self):
+        if self.block_size < 16 or self.block_size % 16:
+            raise ValueError("block_size must be a positive multiple of 16")
+        if self.kv_cache_mb < 1 or (self.num_kv_blocks is not None and self.num_kv_blocks < 1):
+            raise ValueError("the KV cache needs memory for at least one block")
+        if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
+            raise ValueError("max_num_batched_tokens and max_num_seqs must be >= 1")
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    events: list[TokenEvent] = field(default_factory=list)
+    finished: bool = False
+
+
+@dataclass
+class EngineStats:
+    steps: int = 0
+    computed_tokens: int = 0              # tokens run through the model
+    computed_prompt_tokens: int = 0       # of those, prompt tokens (prefill work actually done)
+    generated_tokens: int = 0
+    remote_blocks_imported: int = 0
+    remote_blocks_rejected: int = 0
+    blocks_exported: int = 0
+
+
+class LLMEngine:
+    def __init__(self, model: LlamaModel, tokenizer: Tokenizer, config: EngineConfig | None = None,
+                 block_store: BlockStore | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config = config or EngineConfig()
+        mc = model.config
+        self.max_context = min(config.max_context or mc.context_length, mc.context_length)
+        per_block = 2 * 4 * mc.num_layers * mc.num_kv_heads * mc.head_dim * config.block_size
+        num_blocks = config.num_kv_blocks or max(1, config.kv_cache_mb * 2**20 // per_block)
+        self.kv_cache = KVCache(mc, num_blocks, config.block_size, prefault=config.prefault_kv)
+        self.pool = BlockPool(num_blocks, config.block_size)
+        self.kv = KVCacheManager(self.pool, model.fingerprint)
+        self.scheduler = Scheduler(self.kv, config.max_num_batched_tokens, config.max_num_seqs)
+        self.runner = ModelRunner(model, self.kv_cache)
+        self.stats = EngineStats()
+        self._arrival = itertools.count()
+        self._store = block_store
+        self._exporter = _BlockExporter(block_store, self) if block_store is not None else None
+        self._k_shape = (mc.num_layers, mc.num_kv_heads, mc.head_dim, config.block_size)
+
+    # ------------------------------------------------------------------ requests
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.pool.num_blocks * self.pool.block_size
+
+    def validate(self, prompt_ids: list[int], options: RequestOptions) -> None:
+        if len(prompt_ids) == 0:
+            raise GenerationError("the prompt is empty")
+        vocab = self.model.config.vocab_size
+        bad = [t for t in prompt_ids if not 0 <= t < vocab]
+        if bad:
+            raise GenerationError(f"token ids out of range [0, {vocab}): {bad[:5]}")
+        if len(prompt_ids) >= self.max_context:
+            raise GenerationError(f"the prompt has {len(prompt_ids)} tokens; the context holds {self.max_context}")
+        needed = min(len(prompt_ids) + options.stopping.max_new_tokens, self.max_context)
+        if needed > self.capacity_tokens:
+            raise GenerationError(f"prompt plus max_new_tokens need {needed} tokens of KV cache; "
+                                  f"this engine holds {self.capacity_tokens}")
+
+    def add_request(self, request_id: str, prompt_ids: list[int], options: RequestOptions | None = None,
+                    resumed_output: list[int] | None = None) -> Sequence:
+        """Queue a request. resumed_output: tokens an earlier attempt already streamed (a dead
+        worker's job): they are replayed into the state, and generation continues after them."""
+        options = options or RequestOptions()
+        prompt_ids = list(prompt_ids)
+        if request_id in self.scheduler.sequences:
+            raise GenerationError(f"request {request_id!r} is already running")
+        self.validate(prompt_ids, options)
+        seq = Sequence(request_id, prompt_ids, options, self.tokenizer, self.max_context, next(self._arrival),
+                       resumed_output)
+        self.scheduler.add(seq)
+        return seq
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Stop a request now and free its blocks; its final event says cancelled."""
+        seq = self.scheduler.sequences.get(request_id)
+        if seq is None:
+            return None
+        self.scheduler.finish(seq)
+        event = TokenEvent(seq.num_output_tokens, None, "", finish_reason=FinishReason.CANCELLED,
+                           prompt_tokens=seq.num_prompt_tokens, cached_prompt_tokens=seq.num_cached_prompt_tokens)
+        return RequestOutput(request_id, [event], finished=True)
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    # ------------------------------------------------------------------ the step
+
+    def step(self) -> list[RequestOutput]:
+        if self._store is not None:
+            self._import_remote_prefixes()
+        sched = self.scheduler.schedule()
+        if not sched.chunks:
+            return []
+        self.stats.steps += 1
+        sequences = self.scheduler.sequences
+        chunks = [(sequences[rid], n) for rid, n in sched.chunks]
+        results = self.runner.run(chunks)
+        for seq, n in chunks:
+            prompt_part = max(0, min(seq.num_prompt_tokens, seq.num_computed_tokens + n) - seq.num_computed_tokens)
+            seq.num_computed_tokens += n
+            self.stats.computed_tokens += n
+            self.stats.computed_prompt_tokens += prompt_part
+        outputs: dict[str, RequestOutput] = {}
+        finished = []
+        for seq, logits in results:
+            event = seq.append_token(logits)
+            self.stats.generated_tokens += 1
+            outputs.setdefault(seq.request_id, RequestOutput(seq.request_id)).events.append(event)
+            if event.finish_reason is not None:
+                outputs[seq.request_id].finished = True
+                finished.append(seq)
+        for seq, _ in chunks:
+            self._publish(seq)
+        for seq in finished:
+            self.scheduler.finish(seq)
+        return list(outputs.values())
+
+    def _publish(self, seq: Sequence) -> None:
+        for block_id, block_hash, _ in self.kv.publish_computed_blocks(seq):
+            if self._exporter is not None:                  # copies: the block may be reused before it is sent
+                keys, values = self.kv_cache.k[:, block_id].copy(), self.kv_cache.v[:, block_id].copy()
+                self._exporter.offer(block_hash, keys, values)
+
+    def _import_remote_prefixes(self) -> None:
+        """Copy the next cached blocks of waiting prompts from the store into the local prefix cache
+        (as free, cached blocks), so that admission finds them like local hits. One store round trip
+        per sequence, once per sequence."""
+        room = self.scheduler.max_num_seqs - len(self.scheduler.running)
+        for seq in list(self.scheduler.waiting)[:max(room, 0)]:
+            if seq.remote_lookup_done:
+                continue
+            seq.remote_lookup_done = True
+            start = len(self.kv.cached_prefix(seq))
+            end = self.kv.max_prefix_blocks(seq)
+            if start >= end:
+                continue
+            keys = seq.block_hashes[start:end]
+            try:
+                values = self._store.get_many(keys)
+            except Exception as e:                       # a cache: failing to read it is a miss
+                log.warning("KV store read failed: %s", e)
+                continue
+            for i, data in enumerate(values):
+                if data is None or self.pool.num_free_blocks == 0:
+                    break
+                try:
+                    k, v = decode_block(data, self.model.fingerprint, keys[i], self._k_shape)
+                except InvalidBlock as e:
+                    self.stats.remote_blocks_rejected += 1
+                    log.warning("rejected a stored KV block (%s): recomputing it", e)
+                    break
+                (block_id,) = self.pool.allocate(1)
+                self.kv_cache.k[:, block_id] = k
+                self.kv_cache.v[:, block_id] = v
+                self.pool.cache(block_id, keys[i], self.kv.block_tokens(seq, start + i))
+                self.pool.free([block_id])
+                self.stats.remote_blocks_imported += 1
+
+    def flush_exports(self) -> None:
+        """Wait until every block offered to the store has been written (tests, shutdown)."""
+        if self._exporter is not None:
+            self._exporter.flush()
+
+    def close(self) -> None:
+        if self._exporter is not None:
+            self._exporter.stop()
+
+
+class _BlockExporter:
+    """Encodes and writes full blocks to the store on a background thread, so a step never waits
+    on the network. The store is a cache: when the queue is full, blocks are dropped."""
+
+    def __init__(self, store: BlockStore, engine: LLMEngine, max_pending: int = 4096):
+        self._store = store
+        self._engine = engine
+        self._queue: queue.Queue = queue.Queue(max_pending)
+        self._thread = threading.Thread(target=self._run, name="kv-export", daemon=True)
+        self._thread.start()
+
+    def offer(self, block_hash, keys, values) -> None:
+        try:
+            self._queue.put_nowait((block_hash, keys, values))
+        except queue.Full:
+            pass
+
+    def _run(self) -> None:
+        fingerprint = self._engine.model.fingerprint
+        while True:
+            item = self._queue.get()
+            if item is None:
+                self._queue.task_done()
+                return
+            batch = [item]
+            while len(batch) < 32:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)                # let the outer loop see the stop
+                    self._queue.task_done()
+                    break
+                batch.append(nxt)
+            try:
+                self._store.put_many([(h, encode_block(fingerprint, h, k, v)) for h, k, v in batch])
+                self._engine.stats.blocks_exported += len(batch)
+            except Exception as e:
+                log.warning("KV store write failed: %s", e)
+            for _ in batch:
+                self._queue.task_done()
+
+    def flush(self) -> None:
+        self._queue.join()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=5)

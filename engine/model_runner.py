@@ -1,0 +1,56 @@
+"""Turns a scheduler step into the model's input arrays, runs it, and hands back logits.
+
+This is the only place where the bookkeeping (lists of ints) meets arrays.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .model import ForwardBatch, KVCache, LlamaModel
+from .sequence import Sequence
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaModel, kv_cache: KVCache):
+        self.model = model
+        self.kv_cache = kv_cache
+        self.block_size = kv_cache.block_size
+
+    def build_batch(self, chunks: list[tuple[Sequence, int]]) -> tuple[ForwardBatch, list[Sequence]]:
+        """The batch for (sequence, tokens to compute) chunks, and the sequences that get logits:
+        those whose chunk reaches their last token."""
+        bs = self.block_size
+        total = sum(n for _, n in chunks)
+        token_ids = np.empty(total, np.int32)
+        positions = np.empty(total, np.int32)
+        seq_ids = np.empty(total, np.int32)
+        slot_mapping = np.empty(total, np.int32)
+        width = max(len(seq.block_table) for seq, _ in chunks)
+        block_tables = np.zeros((len(chunks), width), np.int32)
+        logits_rows, sampled = [], []
+        row = 0
+        for s, (seq, n) in enumerate(chunks):
+            start = seq.num_computed_tokens
+            table = np.asarray(seq.block_table, np.int32)
+            block_tables[s, :table.shape[0]] = table
+            pos = np.arange(start, start + n, dtype=np.int32)
+            token_ids[row:row + n] = seq.token_ids[start:start + n]
+            positions[row:row + n] = pos
+            seq_ids[row:row + n] = s
+            slot_mapping[row:row + n] = table[pos // bs] * bs + pos % bs
+            row += n
+            if start + n == seq.num_tokens:
+                logits_rows.append(row - 1)
+                sampled.append(seq)
+        batch = ForwardBatch(token_ids, positions, seq_ids, block_tables, slot_mapping,
+                             np.asarray(logits_rows, np.int32))
+        return batch, sampled
+
+    def run(self, chunks: list[tuple[Sequence, int]]) -> list[tuple[Sequence, np.ndarray]]:
+        """Compute the chunks' keys and values; (sequence, logits of its last token) for those done."""
+        batch, sampled = self.build_batch(chunks)
+        if not sampled:
+            self.model.forward_hidden(batch, self.kv_cache)
+            return []
+        logits = self.model.forward(batch, self.kv_cache)
+        return list(zip(sampled, logits, strict=True))

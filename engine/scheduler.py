@@ -1,0 +1,101 @@
+"""Continuous batching under a per-step token budget. Plain Python on ints.
+
+Each step:
+1. Running sequences, oldest first, each get their uncomputed tokens (one for a decoding sequence,
+   a chunk for a long prompt) while the budget lasts. If the pool has no room for one, the newest
+   running sequence is preempted: its blocks are freed and it goes back to the head of the
+   waiting queue, to be recomputed later (its freed blocks stay in the prefix cache meanwhile).
+2. If nothing was preempted, waiting sequences join in arrival order, each with its cached prefix
+   counted as computed, while the budget, the pool and max_num_seqs allow.
+A prompt longer than the budget is prefilled in chunks over several steps; decode tokens of the
+running sequences go first, so long prompts never stall them for more than one chunk.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from .kv_cache_manager import KVCacheManager
+from .sequence import Sequence, SequenceStatus
+
+
+@dataclass
+class SchedulerOutput:
+    """What the model computes this step, as plain data."""
+    chunks: list[tuple[str, int]] = field(default_factory=list)   # (request_id, tokens to compute)
+    preempted: list[str] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(n for _, n in self.chunks)
+
+
+class Scheduler:
+    def __init__(self, kv: KVCacheManager, max_num_batched_tokens: int = 512, max_num_seqs: int = 64):
+        if max_num_batched_tokens < 1 or max_num_seqs < 1:
+            raise ValueError("the token budget and max_num_seqs must be >= 1")
+        self.kv = kv
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_num_seqs = max_num_seqs
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.sequences: dict[str, Sequence] = {}
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.sequences[seq.request_id] = seq
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.max_num_batched_tokens
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            n = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            while not self.kv.allocate_slots(seq, n):
+                victim = self.running.pop()                 # the newest
+                self._preempt(victim)
+                out.preempted.append(victim.request_id)
+                if victim is seq:
+                    break
+            if seq.status is not SequenceStatus.RUNNING:
+                break
+            out.chunks.append((seq.request_id, n))
+            budget -= n
+            i += 1
+        if out.preempted:
+            return out
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            hits = self.kv.cached_prefix(seq)
+            n = min(seq.num_tokens - len(hits) * self.kv.block_size, budget)
+            if not self.kv.can_admit(seq, hits, n):
+                break
+            self.waiting.popleft()
+            self.kv.admit(seq, hits)
+            self.kv.allocate_slots(seq, n)
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            out.chunks.append((seq.request_id, n))
+            budget -= n
+        return out
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.kv.free(seq)
+        seq.status = SequenceStatus.WAITING
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def finish(self, seq: Sequence) -> None:
+        """Remove a finished or aborted sequence and free its blocks."""
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        elif seq.status is SequenceStatus.WAITING:
+            self.waiting.remove(seq)
+        self.kv.free(seq)
+        seq.status = SequenceStatus.FINISHED
+        self.sequences.pop(seq.request_id, None)

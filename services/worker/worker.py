@@ -1,0 +1,215 @@
+"""A generation worker: takes jobs from Redis, runs them in its engine's continuous batch, streams
+their tokens back, and shares the prefix KV blocks it computes.
+
+Loop: renew this worker's jobs and claim dead workers' (every heartbeat) -> take as many new jobs
+as the engine has room for -> apply cancellations -> one engine step -> write each job's new
+events (fenced by ownership) -> end the jobs that finished (ack and delete their queue entry).
+
+A worker that loses Redis keeps its engine state and the events it could not write, retries with
+back-off, and does not step (so nothing is generated that cannot be delivered).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import redis
+
+from engine.llm import LLM
+from engine.llm_engine import EngineConfig, LLMEngine, RequestOutput
+
+from ..common.config import QueueConfig, RedisConfig, WorkerConfig
+from ..common.jobs import JobQueue, JobSpec, OutputEvent
+from ..common.keys import Keys
+from ..common.kv_store import RedisBlockStore
+
+log = logging.getLogger("meshllm.worker")
+
+REQUEST_ERRORS = (ValueError, TypeError)       # a job spec the engine refuses: the client's fault
+
+
+@dataclass
+class RunningJob:
+    entry_id: str                 # its entry in the jobs stream
+
+
+Delivery = tuple[str, list[OutputEvent], bool]          # (job id, events to append, job finished)
+
+
+def _delivery(output: RequestOutput) -> Delivery:
+    return output.request_id, [OutputEvent.from_token_event(e, e.index) for e in output.events], output.finished
+
+
+class Worker:
+    def __init__(self, llm: LLM, redis_config: RedisConfig, queue_config: QueueConfig, config: WorkerConfig,
+                 worker_id: str | None = None):
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.config = config
+        self.queue_config = queue_config
+        self.redis = redis.Redis.from_url(redis_config.redis_url, socket_timeout=10, socket_connect_timeout=5)
+        self.keys = Keys(redis_config.key_prefix)
+        self.queue = JobQueue(self.redis, self.keys, queue_config)
+        store = RedisBlockStore(self.redis, self.keys, llm.model.fingerprint, config.kv_block_ttl_s) \
+            if config.share_kv else None
+        engine_config = EngineConfig(block_size=config.block_size, kv_cache_mb=config.kv_cache_mb,
+                                     max_num_batched_tokens=config.max_num_batched_tokens,
+                                     max_num_seqs=config.max_num_seqs, max_context=config.max_context or None)
+        self.engine = LLMEngine(llm.model, llm.tokenizer, engine_config, store)
+        self.jobs: dict[str, RunningJob] = {}
+        self._undelivered: list[Delivery] = []
+        self._stopping = threading.Event()
+        self._next_heartbeat = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self, drain_timeout_s: float = 10.0) -> None:
+        """Serve until stop(); then finish running jobs for up to drain_timeout_s. Jobs left
+        unfinished stay pending in Redis and another worker takes them over."""
+        self._connect()
+        log.info("worker %s serving (model %s, %d KV blocks)", self.worker_id, self.engine.model.config.name,
+                 self.engine.pool.num_blocks)
+        while not self._stopping.is_set():
+            self._guarded(self.run_once)
+        deadline = time.monotonic() + drain_timeout_s
+        while self.engine.has_work() and time.monotonic() < deadline:
+            self._guarded(lambda: self.run_once(take_new=False))
+        self.engine.close()
+        log.info("worker %s stopped with %d jobs unfinished", self.worker_id, len(self.jobs))
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _connect(self) -> None:
+        delay = 0.2
+        while not self._stopping.is_set():
+            try:
+                self.queue.ensure_group()
+                return
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                log.warning("Redis unreachable (%s); retrying in %.1fs", e, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _guarded(self, step) -> None:
+        try:
+            step()
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            log.warning("Redis unreachable (%s); holding %d jobs", e, len(self.jobs))
+            time.sleep(0.5)
+            self._next_heartbeat = 0.0
+
+    # ------------------------------------------------------------------ one turn
+
+    def run_once(self, take_new: bool = True) -> None:
+        if self._undelivered:
+            self._deliver(self._undelivered)
+            if self._undelivered:
+                return
+        now = time.monotonic()
+        if now >= self._next_heartbeat:
+            self._heartbeat()
+            self._next_heartbeat = now + self.queue_config.heartbeat_ms / 1000
+            if take_new:
+                for entry_id, spec in self.queue.claim_stale(self.worker_id, self._room()):
+                    self._start(entry_id, spec, claimed=True)
+        if take_new:
+            block_ms = 0 if self.engine.has_work() else 100
+            for entry_id, spec in self.queue.read_new(self.worker_id, self._room(), block_ms):
+                self._start(entry_id, spec, claimed=False)
+        elif not self.engine.has_work():
+            time.sleep(0.05)
+        self._apply_cancellations()
+        try:
+            deliveries = [_delivery(o) for o in self.engine.step()]
+        except Exception as e:                                # an engine bug: answer, never go silent
+            log.exception("engine step failed; failing its %d jobs", len(self.jobs))
+            deliveries = self._fail_all(f"the worker failed: {type(e).__name__}: {e}")
+        if deliveries:
+            self._deliver(deliveries)
+
+    def _room(self) -> int:
+        return max(0, self.engine.config.max_num_seqs - self.engine.num_running - self.engine.num_waiting)
+
+    def _heartbeat(self) -> None:
+        self.queue.renew(self.worker_id, [job.entry_id for job in self.jobs.values()])
+        info = {"model": self.engine.model.config.name, "fingerprint": self.engine.model.fingerprint,
+                "running": self.engine.num_running, "waiting": self.engine.num_waiting,
+                "kv_blocks_free": self.engine.pool.num_free_blocks, "kv_blocks": self.engine.pool.num_blocks,
+                "prefix_hit_rate": round(self.engine.kv.stats.hit_rate, 4)}
+        key = self.keys.worker(self.worker_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(key, mapping=info)
+        pipe.pexpire(key, 3 * self.queue_config.heartbeat_ms)
+        pipe.execute()
+
+    def _start(self, entry_id: str, spec: JobSpec | None, claimed: bool) -> None:
+        if spec is None:                                     # unreadable or deleted entry
+            self.queue.finish(entry_id, "-")
+            return
+        job_id = spec.job_id
+        self.queue.take_ownership(job_id, self.worker_id)
+        resumed, final = self.queue.already_streamed(job_id) if claimed else ([], False)
+        if final:
+            self.queue.finish(entry_id, job_id)
+            return
+        if claimed:
+            log.info("took over job %s after %d streamed tokens", job_id, len(resumed))
+        try:
+            self.engine.add_request(job_id, spec.prompt_ids, spec.options(), resumed_output=resumed)
+        except REQUEST_ERRORS as e:
+            failure = OutputEvent.failure(len(resumed), str(e), "invalid_argument")
+            self.queue.write([(job_id, self.worker_id, [failure], entry_id)])
+            return
+        self.jobs[job_id] = RunningJob(entry_id)
+
+    def _fail_all(self, message: str) -> list[Delivery]:
+        deliveries = []
+        for job_id in list(self.jobs):
+            seq = self.engine.scheduler.sequences.get(job_id)
+            index = seq.num_output_tokens if seq is not None else 0
+            self.engine.abort(job_id)
+            deliveries.append((job_id, [OutputEvent.failure(index, message)], True))
+        return deliveries
+
+    def _apply_cancellations(self) -> None:
+        for job_id in self.queue.cancelled(list(self.jobs)):
+            output = self.engine.abort(job_id)
+            if output is not None:
+                self._deliver([_delivery(output)])
+
+    def _deliver(self, deliveries: list[Delivery]) -> None:
+        deliveries = [d for d in deliveries if d[0] in self.jobs]
+        batches = [(job_id, self.worker_id, events, self.jobs[job_id].entry_id if finished else None)
+                   for job_id, events, finished in deliveries]
+        try:
+            written = self.queue.write(batches)
+        except (redis.ConnectionError, redis.TimeoutError):
+            self._undelivered = deliveries
+            raise
+        self._undelivered = []
+        for (job_id, _, finished), ok in zip(deliveries, written, strict=True):
+            if not ok:                                       # another worker owns it now
+                log.warning("lost job %s to another worker; dropping it", job_id)
+                self.engine.abort(job_id)
+                del self.jobs[job_id]
+            elif finished:                                   # written and retired atomically
+                del self.jobs[job_id]
+
+
+def run_worker(redis_config: RedisConfig, queue_config: QueueConfig, config: WorkerConfig) -> None:
+    """`meshllm worker`: load the model, warm the kernels, serve until SIGTERM / SIGINT."""
+    import signal
+
+    from engine.runtime import configure
+    configure(config.threads or None)
+    llm = LLM.load(config.model or None, int8_activations=config.fast)
+    llm.warm_up()
+    worker = Worker(llm, redis_config, queue_config, config)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    signal.signal(signal.SIGINT, lambda *_: worker.stop())
+    worker.run()

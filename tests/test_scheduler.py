@@ -1,0 +1,75 @@
+"""Continuous batching: token budget, chunked prefill, decode first, preemption of the newest."""
+from engine.block_pool import BlockPool
+from engine.kv_cache_manager import KVCacheManager
+from engine.scheduler import Scheduler
+from engine.sequence import RequestOptions, Sequence, SequenceStatus
+
+
+def setup(llm, num_blocks=64, budget=512, max_seqs=8):
+    kv = KVCacheManager(BlockPool(num_blocks, 16), "fp")
+    return Scheduler(kv, budget, max_seqs)
+
+
+def add(sched, llm, rid, n, arrival):
+    start = 1000 * (arrival + 1)                          # distinct prompts: no prefix sharing
+    seq = Sequence(rid, list(range(start, start + n)), RequestOptions(), llm.tokenizer, 4096, arrival)
+    sched.add(seq)
+    return seq
+
+
+def complete(sched, out):
+    """What the engine does after the model ran: count tokens computed, add a token where a
+    sequence reached its end, publish the full blocks."""
+    for rid, n in out.chunks:
+        seq = sched.sequences[rid]
+        seq.num_computed_tokens += n
+        if seq.num_computed_tokens == seq.num_tokens:
+            seq.token_ids.append(5)
+        sched.kv.publish_computed_blocks(seq)
+
+
+def test_long_prompts_are_chunked_under_the_budget(llm):
+    sched = setup(llm)
+    a = add(sched, llm, "a", 300, 0)
+    add(sched, llm, "b", 300, 1)
+    add(sched, llm, "c", 300, 2)
+    out = sched.schedule()
+    assert out.chunks == [("a", 300), ("b", 212)]
+    complete(sched, out)
+    out = sched.schedule()
+    assert out.chunks == [("a", 1), ("b", 88), ("c", 300)] and a.num_tokens == 301
+
+
+def test_decoding_sequences_go_before_new_prefill(llm):
+    sched = setup(llm, budget=64)
+    add(sched, llm, "a", 10, 0)
+    complete(sched, sched.schedule())
+    add(sched, llm, "long", 200, 1)
+    out = sched.schedule()
+    assert out.chunks == [("a", 1), ("long", 63)]
+
+
+def test_the_newest_running_sequence_is_preempted_when_blocks_run_out(llm):
+    sched = setup(llm, num_blocks=4, budget=512, max_seqs=8)
+    a = add(sched, llm, "a", 32, 0)                       # 2 blocks
+    b = add(sched, llm, "b", 32, 1)                       # 2 blocks: the pool is full
+    out = sched.schedule()
+    assert out.chunks == [("a", 32), ("b", 32)]
+    complete(sched, out)                                  # both now need a third block
+    out = sched.schedule()
+    assert out.preempted == ["b"] and out.chunks == [("a", 1)]
+    assert b.status is SequenceStatus.WAITING and sched.waiting[0] is b and b.num_computed_tokens == 0
+    # b's blocks were freed tail first, so a's third block is b's second one (evicted)
+    assert a.block_table == [0, 1, 3] and b.block_table == []
+    sched.finish(a)
+    out = sched.schedule()            # b comes back: its first block is still cached, 17 tokens to compute
+    assert out.chunks == [("b", 17)] and b.block_table[0] == 2
+    assert sched.num_preemptions == 1
+
+
+def test_max_num_seqs(llm):
+    sched = setup(llm, max_seqs=2)
+    for i in range(4):
+        add(sched, llm, f"r{i}", 10, i)
+    out = sched.schedule()
+    assert [rid for rid, _ in out.chunks] == ["r0", "r1"] and len(sched.waiting) == 2

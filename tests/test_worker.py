@@ -1,0 +1,118 @@
+"""Workers as processes: a real redis-server, `meshllm worker` subprocesses, jobs through the queue."""
+import signal
+import time
+import uuid
+
+import pytest
+
+from engine.generation import Generator
+from engine.sampling import GREEDY
+from engine.sequence import RequestOptions
+from engine.stopping import StoppingCriteria
+from services.common.config import QueueConfig
+from services.common.jobs import JobQueue, JobSpec, QueueFull
+from services.common.keys import Keys
+
+
+@pytest.fixture
+def queue(redis_client, key_prefix):
+    q = JobQueue(redis_client, Keys(key_prefix), QueueConfig(heartbeat_ms=300, claim_idle_ms=1500))
+    q.ensure_group()
+    return q
+
+
+def submit(queue, prompt_ids, options):
+    job_id = uuid.uuid4().hex
+    queue.submit(JobSpec.from_options(job_id, prompt_ids, options))
+    return job_id
+
+
+def raw_events(queue, job_id):
+    """Every entry of the job's output stream, as written (no de-duplication)."""
+    from services.common.jobs import OutputEvent
+    return [OutputEvent.parse(raw) for _, raw in queue.redis.xrange(queue.keys.job_output(job_id))]
+
+
+def test_a_job_runs_on_a_worker(queue, spawn_worker, llm):
+    spawn_worker()
+    ids = llm.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
+    job = submit(queue, ids, RequestOptions(GREEDY, StoppingCriteria(48)))
+    events = list(queue.events(job, timeout_s=60))
+    assert "".join(e.text for e in events) == "The capital of France is Paris."
+    assert events[-1].finish_reason == "eos" and events[-1].prompt_tokens == len(ids)
+    assert queue.outstanding() == 0
+
+
+def test_a_second_worker_reuses_the_kv_blocks_the_first_wrote(queue, spawn_worker, llm):
+    ids = llm.encode("The history of the city goes back many centuries, to a small settlement on the river. " * 6)
+    options = RequestOptions(GREEDY, StoppingCriteria(16, ignore_eos=True))
+    first = spawn_worker()
+    events_1 = list(queue.events(submit(queue, ids, options), timeout_s=60))
+    assert events_1[0].cached_prompt_tokens == 0
+    time.sleep(0.5)                                          # its background export reaches Redis
+    first.send_signal(signal.SIGTERM)
+    first.wait(30)
+    spawn_worker()
+    events_2 = list(queue.events(submit(queue, ids, options), timeout_s=60))
+    assert events_2[0].cached_prompt_tokens == (len(ids) - 1) // 16 * 16
+    assert [e.token_id for e in events_2] == [e.token_id for e in events_1]
+
+
+def test_sigkill_mid_generation_every_job_completes_exactly_once(queue, spawn_worker, llm, redis_client):
+    prompts = [llm.encode(p) for p in ("Once upon a time", "The capital of France is", "def fibonacci(n):",
+                                       "Large language models are")]
+    options = RequestOptions(GREEDY, StoppingCriteria(40, ignore_eos=True))
+    expected = [[e.token_id for e in Generator(llm.model, llm.tokenizer, 256).generate(p, options)] for p in prompts]
+    a = spawn_worker()
+    jobs = [submit(queue, p, options) for p in prompts]
+    deadline = time.monotonic() + 60
+    while not all(len(raw_events(queue, j)) >= 3 for j in jobs):         # all four mid-generation
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    owner = redis_client.get(queue.keys.job_owner(jobs[0])).decode()
+    assert a.worker_key.endswith(owner)
+    spawn_worker()                                                       # the survivor
+    a.send_signal(signal.SIGKILL)
+    a.wait()
+    for job, want in zip(jobs, expected, strict=True):
+        events = list(queue.events(job, timeout_s=90))
+        assert [e.token_id for e in events] == want
+        written = raw_events(queue, job)
+        assert [e.index for e in written] == list(range(len(want)))     # no gap, no duplicate
+        assert sum(e.is_final for e in written) == 1
+    assert queue.outstanding() == 0
+
+
+def test_cancel_stops_within_a_step_and_frees_the_blocks(queue, spawn_worker, llm, redis_client):
+    worker = spawn_worker()
+    ids = llm.encode("Once upon a time")
+    job = submit(queue, ids, RequestOptions(GREEDY, StoppingCriteria(400, ignore_eos=True)))
+    events = queue.events(job, timeout_s=60)
+    for _ in range(5):
+        next(events)
+    queue.cancel(job)
+    cancelled_at = time.monotonic()
+    rest = list(events)
+    assert rest[-1].finish_reason == "cancelled" and rest[-1].token_id is None
+    assert time.monotonic() - cancelled_at < 1.0 and len(rest) <= 4
+    time.sleep(0.8)                                                      # a heartbeat publishes the pool
+    info = {k.decode(): v.decode() for k, v in redis_client.hgetall(worker.worker_key).items()}
+    assert info["kv_blocks_free"] == info["kv_blocks"] and info["running"] == "0"
+
+
+def test_the_queue_is_bounded(redis_client, key_prefix):
+    queue = JobQueue(redis_client, Keys(key_prefix), QueueConfig(max_queue_len=2))
+    queue.ensure_group()
+    submit(queue, [1, 2, 3], RequestOptions())
+    submit(queue, [1, 2, 3], RequestOptions())
+    with pytest.raises(QueueFull, match="2 jobs"):
+        submit(queue, [1, 2, 3], RequestOptions())
+    assert queue.outstanding() == 2
+
+
+def test_a_job_the_engine_refuses_is_answered_with_an_error(queue, spawn_worker):
+    spawn_worker()
+    job = submit(queue, [5, 10**9], RequestOptions())          # a token id no vocabulary has
+    events = list(queue.events(job, timeout_s=60))
+    assert events[-1].finish_reason == "error" and events[-1].error_code == "invalid_argument"
+    assert "out of range" in events[-1].error and queue.outstanding() == 0
