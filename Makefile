@@ -8,7 +8,9 @@ PEERS := .venv-peers
 LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON \
 	-DGGML_AVX512_VNNI=ON -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF
 
-.PHONY: setup run chat test bench bench-peers lint clean
+NODE_CLIENT := clients/node
+
+.PHONY: setup run chat test bench bench-serving bench-peers lint stubs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,13 +22,25 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+$(NODE_CLIENT)/node_modules/.installed: $(NODE_CLIENT)/package-lock.json
+	npm ci --prefix $(NODE_CLIENT) --no-audit --no-fund
+	touch $@
+
+# the whole stack: Redis, the services and a worker (Ctrl-C stops it)
 run: setup
+	$(BIN)/meshllm up
+
+chat: setup
 	$(BIN)/meshllm chat
 
-chat: run
-
-test: setup
+test: setup $(NODE_CLIENT)/node_modules/.installed
 	$(BIN)/pytest -q
+
+stubs: setup
+	$(BIN)/python -m services.api.generate_stubs
+
+bench-serving: setup
+	$(BIN)/python bench/bench_serving.py
 
 bench: setup
 	$(BIN)/python bench/bench_engine.py
@@ -46,4 +60,4 @@ lint: setup
 	$(BIN)/ruff check engine services bench tests
 
 clean:
-	rm -rf $(VENV) $(PEERS) .pytest_cache
+	rm -rf $(VENV) $(PEERS) .pytest_cache $(NODE_CLIENT)/node_modules

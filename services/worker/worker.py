@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 
@@ -146,6 +147,8 @@ class Worker:
         pipe.hset(key, mapping=info)
         pipe.pexpire(key, 3 * self.queue_config.heartbeat_ms)
         pipe.execute()
+        if self.config.heartbeat_file:                       # reached only while Redis answers
+            Path(self.config.heartbeat_file).touch()
 
     def _start(self, entry_id: str, spec: JobSpec | None, claimed: bool) -> None:
         if spec is None:                                     # unreadable or deleted entry

@@ -1,0 +1,61 @@
+"""Client side helpers: a channel to a meshllm service, with TLS and an API key when asked."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def open_channel(address: str, tls_ca: str | None = None, api_key: str | None = None,
+                 max_message_mb: int = 8) -> grpc.Channel:
+    """A channel to address (host:port). tls_ca: PEM of the CA to trust (TLS); api_key: sent as
+    'authorization: Bearer KEY' on every call (also read from MESHLLM_API_KEY)."""
+    options = [("grpc.max_receive_message_length", max_message_mb * 2**20),
+               ("grpc.max_send_message_length", max_message_mb * 2**20)]
+    tls_ca = tls_ca or os.environ.get("MESHLLM_TLS_CA") or None
+    if tls_ca:
+        channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(Path(tls_ca).read_bytes()), options)
+    else:
+        channel = grpc.insecure_channel(address, options)
+    api_key = api_key or os.environ.get("MESHLLM_API_KEY") or None
+    if api_key:
+        channel = grpc.intercept_channel(channel, _BearerToken(api_key))
+    return channel
+
+
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    def __init__(self, key: str):
+        self._pair = ("authorization", f"Bearer {key}")
+
+    def _with_key(self, details):
+        metadata = list(details.metadata or []) + [self._pair]
+        return details._replace(metadata=metadata) if hasattr(details, "_replace") else _Details(details, metadata)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_key(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_key(details), request)
+
+
+class _Details(grpc.ClientCallDetails):
+    def __init__(self, base, metadata):
+        self.method = base.method
+        self.timeout = base.timeout
+        self.metadata = metadata
+        self.credentials = base.credentials
+        self.wait_for_ready = getattr(base, "wait_for_ready", None)
+        self.compression = getattr(base, "compression", None)
+
+
+def health_status(address: str, service: str = "", timeout: float = 2.0, tls_ca: str | None = None) -> str:
+    """'SERVING', 'NOT_SERVING', ... or 'UNREACHABLE'."""
+    try:
+        with open_channel(address, tls_ca) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
+                                                              timeout=timeout)
+            return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    except grpc.RpcError:
+        return "UNREACHABLE"

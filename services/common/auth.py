@@ -1,0 +1,50 @@
+"""API-key authentication: `authorization: Bearer KEY` metadata on every call but health and
+reflection, which stay open for load balancers and tools."""
+from __future__ import annotations
+
+import hmac
+
+import grpc
+
+OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, keys: list[str]):
+        self._keys = [k.encode() for k in keys]
+
+    def _authorized(self, metadata) -> bool:
+        value = next((v for k, v in (metadata or ()) if k == "authorization"), "")
+        if isinstance(value, bytes):
+            value = value.decode(errors="replace")
+        scheme, _, token = value.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return False
+        return any(hmac.compare_digest(token.strip().encode(), key) for key in self._keys)
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(OPEN_PREFIXES) or self._authorized(details.invocation_metadata):
+            return handler
+        return _denied(handler)
+
+
+_MESSAGE = "missing or wrong API key: send metadata 'authorization: Bearer <key>'"
+
+
+def _denied(handler):
+    async def deny_unary(request, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _MESSAGE)
+
+    async def deny_stream(request, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _MESSAGE)
+        yield  # pragma: no cover  (makes this an async generator)
+
+    kwargs = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(deny_unary, **kwargs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(deny_stream, **kwargs)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(lambda it, ctx: deny_unary(None, ctx), **kwargs)
+    return grpc.stream_stream_rpc_method_handler(lambda it, ctx: deny_stream(None, ctx), **kwargs)

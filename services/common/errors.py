@@ -1,0 +1,109 @@
+"""Failures as gRPC status codes with messages a user can act on, at the servicer boundary.
+
+`unary` and `streaming` wrap servicer methods: every exception becomes a status with the right
+code (a user's mistake is never INTERNAL), and every call is counted and timed by method and code.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+import uuid
+
+import grpc
+import redis
+
+from engine.chat_template import ChatTemplateError
+from engine.llm_engine import GenerationError
+from engine.sampling import SamplingError
+from engine.stopping import StoppingError
+
+from .jobs import JobFailed, QueueFull
+from .metrics import METRICS
+
+log = logging.getLogger("meshllm.rpc")
+
+
+class InvalidRequest(ValueError):
+    """Something the caller sent is wrong (INVALID_ARGUMENT)."""
+
+
+class ServiceError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+USER_ERRORS = (InvalidRequest, GenerationError, SamplingError, StoppingError, ChatTemplateError)
+_JOB_CODES = {"invalid_argument": grpc.StatusCode.INVALID_ARGUMENT, "internal": grpc.StatusCode.INTERNAL}
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, ServiceError):
+        return exc.code, str(exc)
+    if isinstance(exc, USER_ERRORS):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, QueueFull):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+    if isinstance(exc, JobFailed):
+        return _JOB_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc)
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, ConnectionError)):
+        return grpc.StatusCode.UNAVAILABLE, "the mesh's Redis is unreachable; retry shortly"
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc) or "deadline exceeded"
+    incident = uuid.uuid4().hex[:12]
+    log.error("internal error %s: %r", incident, exc, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error (incident {incident})"
+
+
+def unary(service: str):
+    def decorate(method):
+        name = method.__name__
+
+        @functools.wraps(method)
+        async def wrapper(self, request, context):
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return await method(self, request, context)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:                      # the method aborted with its own status
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception as e:                           # noqa: BLE001 - the boundary
+                code, message = status_for(e)
+                await context.abort(code, message)
+            finally:
+                METRICS.observe_request(service, name, code, time.perf_counter() - start)
+        return wrapper
+    return decorate
+
+
+def streaming(service: str):
+    def decorate(method):
+        name = method.__name__
+
+        @functools.wraps(method)
+        async def wrapper(self, request, context):
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                async for item in method(self, request, context):
+                    yield item
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:                      # the method aborted with its own status
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception as e:                           # noqa: BLE001 - the boundary
+                code, message = status_for(e)
+                await context.abort(code, message)
+            finally:
+                METRICS.observe_request(service, name, code, time.perf_counter() - start)
+        return wrapper
+    return decorate
+

