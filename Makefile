@@ -10,7 +10,7 @@ LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F1
 
 NODE_CLIENT := clients/node
 
-.PHONY: setup run chat test bench bench-serving bench-peers lint stubs clean
+.PHONY: setup run chat test bench bench-serving bench-retrieval bench-peers lint stubs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ stubs: setup
 
 bench-serving: setup
 	$(BIN)/python bench/bench_serving.py
+
+bench-retrieval: setup
+	$(BIN)/python bench/bench_retrieval.py
 
 bench: setup
 	$(BIN)/python bench/bench_engine.py

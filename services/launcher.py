@@ -1,9 +1,13 @@
 """`meshllm up`: the whole stack on this machine, as child processes.
 
-Redis (a local redis-server, unless REDIS_URL points at one), the Tokenizer and Generation services
-and N workers, with the same commands, ports and variables as docker-compose.yml. It waits until
-every service reports SERVING and every worker has registered, prints the endpoints, and on
-Ctrl-C (or SIGTERM, or any child dying) stops everything: workers first, then services, then Redis.
+Redis (a local redis-server, unless REDIS_URL points at one), the Tokenizer, Retrieval and
+Generation services and N workers, with the same commands, ports and variables as
+docker-compose.yml. It waits until every service reports SERVING and every worker has registered,
+ingests the default corpus if the document index is empty, prints the endpoints, and on Ctrl-C
+(or SIGTERM, or any child dying) stops everything: workers first, then services, then Redis.
+
+The local Redis keeps its data (append-only file) in ~/.cache/meshllm/redis, so documents survive
+a restart; --ephemeral uses a throwaway folder instead.
 """
 from __future__ import annotations
 
@@ -20,7 +24,14 @@ from .client import health_status
 from .common.keys import Keys
 from .common.redis_server import RedisServer, child_process_options, wait_for_redis
 
-SERVICES = ("tokenizer", "generation")
+SERVICES = ("tokenizer", "retrieval", "generation")
+
+
+def redis_data_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    path = os.path.join(base, "meshllm", "redis")
+    os.makedirs(path, exist_ok=True)
+    return path
 
 
 class Stack:
@@ -40,7 +51,10 @@ class Stack:
             self.log(f"using Redis at {redis_url}")
             wait_for_redis(redis_url)
         else:
-            self.redis_server = RedisServer(persist=False, own_session=True).start()
+            if self.args.ephemeral:
+                self.redis_server = RedisServer(own_session=True).start()
+            else:
+                self.redis_server = RedisServer(data_dir=redis_data_dir(), persist=True, own_session=True).start()
             redis_url = env["REDIS_URL"] = self.redis_server.url
             self.log(f"started redis-server on port {self.redis_server.port}")
         env.setdefault("MESHLLM_HOST", self.args.host)
@@ -79,6 +93,22 @@ class Stack:
             time.sleep(0.3)
         self.log(f"{workers} worker(s) ready")
 
+    def ensure_default_corpus(self, endpoints: dict) -> None:
+        """Ingest the Python language reference if no document is indexed yet."""
+        from .api import retrieval_pb2, retrieval_pb2_grpc
+        from .client import open_channel
+        from .retrieval.corpus import pydoc_topics
+        with open_channel(endpoints["retrieval"], api_key=(self.args.api_keys or "").split(",")[0] or None) as ch:
+            stub = retrieval_pb2_grpc.RetrievalStub(ch)
+            if stub.Stats(retrieval_pb2.StatsRequest(), timeout=30).documents:
+                return
+            self.log("ingesting the default corpus (the Python language reference, first start only)...")
+            started = time.monotonic()
+            reply = stub.IngestStream(retrieval_pb2.Document(id=i, text=t, source=s, metadata=m)
+                                      for i, t, s, m in pydoc_topics())
+            self.log(f"ingested {reply.total_documents} documents, {reply.total_chunks} chunks "
+                     f"in {time.monotonic() - started:.0f}s")
+
     def check_children(self) -> None:
         for name, proc in self.children:
             code = proc.poll()
@@ -114,12 +144,15 @@ def up(args) -> int:
     try:
         endpoints = stack.start()
         stack.wait_ready(endpoints)
+        if not args.no_corpus:
+            stack.ensure_default_corpus(endpoints)
         print("meshllm is up:")
         for name in SERVICES:
             print(f"  {name:<11} grpc://{endpoints[name]}   metrics http://{args.host}:{DEFAULT_METRICS_PORTS[name]}")
         print(f"  redis       {endpoints['redis']}")
         print(f"  workers     {args.workers}")
         print("Try: meshllm generate --remote 127.0.0.1:50053 --chat \"What is the capital of France?\"")
+        print("     meshllm ask \"What does the with statement do?\"")
         print("Ctrl-C stops everything.", flush=True)
         while not stopping["signal"]:
             stack.check_children()

@@ -22,6 +22,8 @@ class Proc:
     process: subprocess.Popen
     port: int = 0
     metrics_port: int = 0
+    argv: list = field(default_factory=list)
+    env: dict = field(default_factory=dict)
 
     @property
     def address(self) -> str:
@@ -55,9 +57,18 @@ class Mesh:
     def _spawn(self, name: str, argv: list[str], env: dict, port: int = 0, metrics_port: int = 0) -> Proc:
         process = subprocess.Popen([sys.executable, "-m", "services.cli", *argv], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        proc = Proc(name, process, port, metrics_port)
+        proc = Proc(name, process, port, metrics_port, argv, env)
         self.procs.append(proc)
         return proc
+
+    def restart(self, proc: Proc, wait: bool = True) -> Proc:
+        """Stop a service and start it again with the same command, environment and port."""
+        proc.stop()
+        self.procs.remove(proc)
+        fresh = self._spawn(proc.name, proc.argv, proc.env, proc.port, proc.metrics_port)
+        if wait:
+            self.wait_serving(fresh)
+        return fresh
 
     def service(self, name: str, wait: bool = True, **env_extra) -> Proc:
         port, metrics_port = free_port(), free_port()

@@ -28,7 +28,7 @@ def known_env_names() -> set[str]:
 
 
 def test_every_service_runs_a_command_the_cli_has():
-    assert set(OURS) == {"tokenizer", "generation", "worker"}
+    assert set(OURS) == {"tokenizer", "retrieval", "generation", "worker"}
     parser = build_parser()
     for name, svc in OURS.items():
         args = parser.parse_args(svc["command"])                 # exits (fails the test) on a bad command
@@ -45,6 +45,8 @@ def test_variables_and_ports_agree_with_the_config_code():
         unknown = {k for k in env if k.startswith(("MESHLLM_", "NUMBA_")) and k not in known}
         assert not unknown, f"{name}: variables no config field reads: {unknown}"
         assert env["REDIS_URL"].startswith("redis://redis:6379")
+        if "MESHLLM_GENERATION_ADDRESS" in env:
+            assert env["MESHLLM_GENERATION_ADDRESS"] == f"generation:{DEFAULT_PORTS['generation']}"
         if name in DEFAULT_PORTS:
             port, metrics = DEFAULT_PORTS[name], DEFAULT_METRICS_PORTS[name]
             assert env["MESHLLM_PORT"] == str(port) and env["MESHLLM_METRICS_PORT"] == str(metrics)
@@ -95,11 +97,11 @@ def test_the_compose_commands_run_and_pass_their_health_checks(compose_env):
     heartbeat = Path(OURS["worker"]["environment"]["MESHLLM_HEARTBEAT_FILE"])
     heartbeat.unlink(missing_ok=True)                      # a stale file must not pass for a live worker
     try:
-        for name in ("tokenizer", "generation", "worker"):
+        for name in ("tokenizer", "retrieval", "generation", "worker"):
             env = compose_env(name)
             procs.append(subprocess.Popen([sys.executable, "-m", "services.cli", *OURS[name]["command"]], env=env,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        for name in ("tokenizer", "generation", "worker"):
+        for name in ("tokenizer", "retrieval", "generation", "worker"):
             assert run_health_check(name, compose_env(name)) == "SERVING"
     finally:
         for p in procs:

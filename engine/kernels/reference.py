@@ -81,3 +81,39 @@ def forward(model, token_ids: np.ndarray) -> np.ndarray:
         x = x + matmul(*w["down"], silu_mul(matmul(*w["gate"], h), matmul(*w["up"], h)))
     h = rms_norm(x, model.output_norm, cfg.rms_norm_eps)
     return matmul(model.head.data, model.head.ggml_type, h)
+
+
+# ------------------------------------------------------------------------- the BERT-family encoder
+
+def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+    x64 = x.astype(np.float64)
+    c = x64 - x64.mean(axis=-1, keepdims=True)
+    return (c / np.sqrt((c * c).mean(axis=-1, keepdims=True) + eps) * weight + bias).astype(np.float32)
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """0.5 x (1 + erf(x / sqrt 2)), erf from the math module."""
+    import math
+    erf = np.vectorize(math.erf)
+    x64 = x.astype(np.float64)
+    return (0.5 * x64 * (1.0 + erf(x64 / math.sqrt(2.0)))).astype(np.float32)
+
+
+def bidirectional_attention(q, k, v, seq_starts, num_heads) -> np.ndarray:
+    """Each packed sequence attends to all of its own tokens."""
+    out = np.zeros(q.shape, np.float64)
+    hd = q.shape[1] // num_heads
+    for s in range(len(seq_starts) - 1):
+        a, b = seq_starts[s], seq_starts[s + 1]
+        for h in range(num_heads):
+            cols = slice(h * hd, (h + 1) * hd)
+            scores = q[a:b, cols].astype(np.float64) @ k[a:b, cols].astype(np.float64).T / np.sqrt(hd)
+            p = np.exp(scores - scores.max(axis=1, keepdims=True))
+            out[a:b, cols] = (p / p.sum(axis=1, keepdims=True)) @ v[a:b, cols]
+    return out.astype(np.float32)
+
+
+def mean_pool_normalize(x, seq_starts) -> np.ndarray:
+    pooled = np.stack([x[seq_starts[s]:seq_starts[s + 1]].astype(np.float64).mean(axis=0)
+                       for s in range(len(seq_starts) - 1)])
+    return (pooled / np.linalg.norm(pooled, axis=1, keepdims=True)).astype(np.float32)

@@ -263,6 +263,21 @@ def vmax(typingctx, a, b):
 
 
 @intrinsic
+def vabs(typingctx, a):
+    def codegen(context, builder, sig, args):
+        return builder.call(_intrinsic_fn(builder, "llvm.fabs.v16f32", _VF, [_VF]), args)
+    return f32x16(f32x16), codegen
+
+
+@intrinsic
+def vcopysign(typingctx, magnitude, sign):
+    """|magnitude| with the sign of sign, lane by lane."""
+    def codegen(context, builder, sig, args):
+        return builder.call(_intrinsic_fn(builder, "llvm.copysign.v16f32", _VF, [_VF, _VF]), args)
+    return f32x16(f32x16, f32x16), codegen
+
+
+@intrinsic
 def hsum(typingctx, a):
     """Sum of the 16 lanes (reassociated: a tree, not left to right)."""
     def codegen(context, builder, sig, args):
@@ -390,6 +405,6 @@ __all__ = [
     "LANES", "f32x16", "i32x16", "vzero", "vsplat", "vload", "vstore", "load_u8x16", "load_i8x16",
     "load_f16x16", "load_f16", "load_f16_tail", "load_f16_pair", "load_f32", "vadd", "vsub", "vmul",
     "vdiv", "vfma",
-    "vmax", "hsum", "store_hsum4", "hmax",
+    "vmax", "vabs", "vcopysign", "hsum", "store_hsum4", "hmax",
     "vexp", "iand", "ishr", "ishl", "isub", "ior", "itof",
 ]

@@ -166,3 +166,26 @@ class GenerationLimits:
         _check(1 <= self.default_max_new_tokens <= self.max_new_tokens_limit, "default_max_new_tokens out of range")
         _check(0 <= self.max_top_logprobs <= 100 and self.max_input_chars >= 1 and self.max_chat_messages >= 1,
                "bad generation limits")
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    generation_address: str = field(default="127.0.0.1:50053", metadata={
+        "help": "the Generation service Ask calls (host:port)"})
+    generation_api_key: str = field(default="", metadata={"help": "API key for the Generation service"})
+    generation_tls_ca: str = field(default="", metadata={"help": "PEM CA of the Generation service's TLS"})
+    chunk_tokens: int = field(default=160, metadata={"help": "embedding-model tokens per chunk"})
+    overlap_tokens: int = field(default=32, metadata={"help": "tokens shared by neighbouring chunks"})
+    max_document_chars: int = field(default=2_000_000, metadata={"help": "largest document accepted"})
+    max_documents_per_request: int = field(default=1000, metadata={"help": "documents in one Ingest call"})
+    ask_prompt_tokens: int = field(default=2048, metadata={
+        "help": "prompt budget of Ask (sources + question), in the generation model's tokens"})
+    min_relevance: float = field(default=0.25, metadata={
+        "help": "cosine similarity below which a source counts as unrelated to the question"})
+
+    def __post_init__(self):
+        _check(8 <= self.chunk_tokens <= 254, "chunk_tokens must be in 8..254 (the encoder reads 256)")
+        _check(0 <= self.overlap_tokens < self.chunk_tokens // 2, "overlap_tokens must be < chunk_tokens / 2")
+        _check(self.max_document_chars >= 1 and self.max_documents_per_request >= 1, "bad ingest limits")
+        _check(256 <= self.ask_prompt_tokens, "ask_prompt_tokens must be >= 256")
+        _check(-1.0 <= self.min_relevance <= 1.0, "min_relevance is a cosine similarity, in [-1, 1]")

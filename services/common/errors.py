@@ -50,6 +50,12 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return _JOB_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc)
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, ConnectionError)):
         return grpc.StatusCode.UNAVAILABLE, "the mesh's Redis is unreachable; retry shortly"
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):     # a downstream service's status
+        code = exc.code()
+        detail = exc.details() if hasattr(exc, "details") else str(exc)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return code, f"the Generation service is unreachable: {detail}"
+        return code, detail
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc) or "deadline exceeded"
     incident = uuid.uuid4().hex[:12]

@@ -36,6 +36,34 @@ class Keys:
     def workers_pattern(self) -> str:
         return f"{self.prefix}worker:*"
 
+    # ---- documents (the retrieval index; no TTL: never evicted)
+    def document(self, doc_id: str) -> str:
+        """Hash: source, metadata (JSON), content_hash, chunk ids (JSON), ingested_at."""
+        return f"{self.prefix}doc:{doc_id}"
+
+    @property
+    def documents(self) -> str:
+        """Set of every document id."""
+        return f"{self.prefix}docs"
+
+    def chunk(self, chunk_id: str) -> str:
+        """Hash: doc_id, index, source, start, end, text, embedding (float32 bytes)."""
+        return f"{self.prefix}chunk:{chunk_id}"
+
+    @property
+    def chunks(self) -> str:
+        """Set of every chunk id."""
+        return f"{self.prefix}chunks"
+
+    def content(self, content_hash: str) -> str:
+        """The document id holding this exact text (content-hash dedupe)."""
+        return f"{self.prefix}content:{content_hash}"
+
+    @property
+    def documents_version(self) -> str:
+        """Incremented by every change to the documents: replicas reload their indexes."""
+        return f"{self.prefix}docs:version"
+
     # ---- shared KV cache
     def kv_block(self, model_fingerprint: str, block_hash: bytes) -> str:
         """One full KV block (header + float32 keys and values), by model and chain hash."""

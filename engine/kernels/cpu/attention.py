@@ -20,7 +20,7 @@ from ..simd import hmax, hsum, vadd, vexp, vfma, vload, vmax, vmul, vsplat, vsto
 _f32 = np.float32
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def write_kv(k, v, slot_mapping, k_cache, v_cache):
     """Store k, v (T, num_kv_heads*head_dim) at cache slots slot_mapping (T,) = block*block_size + offset.
     Serial: a few KB per token, less than a thread wake-up."""
@@ -36,7 +36,7 @@ def write_kv(k, v, slot_mapping, k_cache, v_cache):
                 v_cache[block, h, offset, d] = v[t, h * hd + d]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _key_vector_offsets(table, kvh, n_kv, hd, bs, n_keys, offsets):
     """offsets[i] = flat k_cache offset of keys 16i..16i+15 at dimension 0; padded to a multiple of 4
     entries by repeating the last (recomputing a vector beats reading outside the block table)."""
@@ -54,7 +54,7 @@ def _key_vector_offsets(table, kvh, n_kv, hd, bs, n_keys, offsets):
         offsets[i] = offsets[n_vec - 1]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _scores(qh, k_flat, offsets, hd, bs, n_keys, scale, scores):
     """scores[j] = scale * qh . key_j for j < n_keys; lanes past n_keys (to a multiple of 16) = -3e38."""
     vscale = vsplat(scale)
@@ -82,7 +82,7 @@ def _scores(qh, k_flat, offsets, hd, bs, n_keys, scale, scores):
         scores[j] = _f32(-3.0e38)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _softmax_in_place(scores, n_keys):
     """Exponentiate scores[:n_keys] against their max; return their sum. The padding lanes
     (-3e38) exponentiate to ~1e-38 and never reach the output."""
@@ -99,7 +99,7 @@ def _softmax_in_place(scores, n_keys):
     return hsum(total)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _weighted_values(probs, v_flat, table, kvh, n_kv, hd, bs, n_keys, inv_total, oh):
     """oh (hd,) = inv_total * sum_j probs[j] * value_j."""
     n_blocks = (n_keys + bs - 1) // bs
@@ -133,7 +133,7 @@ def _weighted_values(probs, v_flat, table, kvh, n_kv, hd, bs, n_keys, inv_total,
         d0 += 16
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def paged_attention(q, k_cache, v_cache, block_tables, seq_ids, positions, scale, out):
     """out (T, num_heads*head_dim) = softmax(q k^T * scale) v per head, causal, over the paged cache.
 

@@ -30,7 +30,7 @@ from ..simd import (
 _f32 = np.float32
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def q4_k_scale_min(row, o, j):
     """6-bit (scale, min) of sub-block j of the Q4_K super-block at byte o."""
     s = o + 4
@@ -40,7 +40,7 @@ def q4_k_scale_min(row, o, j):
             (row[s + j + 4] >> 4) | ((row[s + j] >> 6) << 4))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def q6_k_lanes(row, o, half, chunk):
     """The four 16-lane groups of 6-bit values for lanes 16*chunk.. of one half super-block."""
     ql_lo = load_u8x16(row, o + 64 * half + 16 * chunk)
@@ -53,12 +53,12 @@ def q6_k_lanes(row, o, half, chunk):
     return q1, q2, q3, q4
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def signed_byte(byte):
     return np.int32(byte) - 256 if byte > 127 else np.int32(byte)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def dequantize_row(ggml_type, row, out):
     """row (row_bytes,) u8 -> out (K,) f32."""
     K = out.shape[0]

@@ -24,7 +24,7 @@ WQ, WK, WV, WO, W_GATE, W_UP, W_DOWN = range(7)
 MATRICES_PER_LAYER = 7
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def decoder_stack(x, weights, weight_types, norms, k_cache, v_cache, rope_cos, rope_sin,
                   block_tables, seq_ids, positions, slot_mapping, num_heads, eps, int8_activations):
     """Run all layers over x (T, D) f32 in place.
@@ -73,7 +73,7 @@ def decoder_stack(x, weights, weight_types, norms, k_cache, v_cache, rope_cos, r
         add_inplace(x, proj)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def output_logits(x, rows, norm, eps, head, head_type, logits, int8_activations):
     """logits (len(rows), vocab) = rms_norm(x[rows]) * norm @ head^T."""
     h = np.empty((rows.shape[0], x.shape[1]), np.float32)

@@ -19,12 +19,12 @@ from .matmul_q8 import matmul_q8, quantize_rows
 GEMM_MIN_TOKENS = 4
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _has_q8_kernel(ggml_type):
     return ggml_type == Q4_0 or ggml_type == Q4_1 or ggml_type == Q8_0 or ggml_type == Q4_K or ggml_type == Q6_K
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def matmul(w, ggml_type, x, out, int8_activations):
     """out (T, N) f32 = x (T, K) f32 @ W^T for W = w (N, row_bytes) u8 in GGML type ggml_type."""
     T, K = x.shape

@@ -42,7 +42,7 @@ _f32 = np.float32
 # ----------------------------------------------------------------------------- row . x products
 # row (row_bytes,) u8 one weight row in its blocks; x (K,) f32; xsum (K/32,) f32 sums of x per 32.
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def dot_q4_0(row, x, xsum):
     acc = vzero()
     correction = _f32(0.0)
@@ -58,7 +58,7 @@ def dot_q4_0(row, x, xsum):
     return hsum(acc) - correction
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _q4_1_block(row, b, x, xsum, acc, mins):
     o = b * 20
     k = b * 32
@@ -69,7 +69,7 @@ def _q4_1_block(row, b, x, xsum, acc, mins):
     return vfma(vsplat(d), s, acc), mins + m * load_f32(xsum, b)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def dot_q4_1(row, x, xsum):
     acc0 = vzero()
     acc1 = vzero()                                     # two chains hide the FMA latency
@@ -84,7 +84,7 @@ def dot_q4_1(row, x, xsum):
     return hsum(vadd(acc0, acc1)) + mins0 + mins1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def dot_q8_0(row, x, xsum):
     acc0 = vzero()
     acc1 = vzero()
@@ -97,7 +97,7 @@ def dot_q8_0(row, x, xsum):
     return hsum(vadd(acc0, acc1))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def dot_q4_k(row, x, xsum):
     acc = vzero()
     mins = _f32(0.0)
@@ -121,7 +121,7 @@ def dot_q4_k(row, x, xsum):
     return hsum(acc) - mins
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def dot_q6_k(row, x, xsum):
     acc = vzero()
     for sb in range(x.shape[0] // 256):
@@ -139,7 +139,7 @@ def dot_q6_k(row, x, xsum):
     return hsum(acc)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def dot_f16(row, x, xsum):
     acc = vzero()
     for k in range(0, x.shape[0], 16):
@@ -147,7 +147,7 @@ def dot_f16(row, x, xsum):
     return hsum(acc)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def dot_f32(row, x, xsum):
     acc = vzero()
     for k in range(0, x.shape[0], 16):
@@ -155,7 +155,7 @@ def dot_f32(row, x, xsum):
     return hsum(acc)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def dot_row(ggml_type, row, x, xsum):
     if ggml_type == Q4_1:
         return dot_q4_1(row, x, xsum)
@@ -174,7 +174,7 @@ def dot_row(ggml_type, row, x, xsum):
 
 # ----------------------------------------------------------------------------- products
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def block_sums(x, xsum):
     """x (T, K) f32 -> xsum (T, K/32): the sum of each 32-wide block of each row."""
     for t in range(x.shape[0]):
@@ -182,7 +182,7 @@ def block_sums(x, xsum):
             xsum[t, b] = hsum(vadd(vload(x[t], b * 32), vload(x[t], b * 32 + 16)))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _gemm_4x4(w0, w1, w2, w3, x, t, out, r):
     """out[t:t+4, r:r+4] = x[t:t+4] @ [w0 w1 w2 w3]; w* (K,) f32 dequantized rows.
     Per token the four row sums go through store_hsum4, as in _gemm_1x4: a token's result does not
@@ -214,7 +214,7 @@ def _gemm_4x4(w0, w1, w2, w3, x, t, out, r):
     store_hsum4(out[t + 3], r, a30, a31, a32, a33)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _gemm_1x4(w0, w1, w2, w3, xt, out, t, r):
     a0 = vzero(); a1 = vzero(); a2 = vzero(); a3 = vzero()
     for k in range(0, w0.shape[0], 16):
@@ -226,7 +226,7 @@ def _gemm_1x4(w0, w1, w2, w3, xt, out, t, r):
     store_hsum4(out[t], r, a0, a1, a2, a3)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def matmul_rows_f32(w, ggml_type, x, xsum, out):
     """Decode path: out[t, r] = dot(w[r], x[t]) for every row r (in parallel) and token t."""
     for r in prange(w.shape[0]):
@@ -235,7 +235,7 @@ def matmul_rows_f32(w, ggml_type, x, xsum, out):
             out[t, r] = dot_row(ggml_type, row, x[t], xsum[t])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def matmul_tiles_f32(w, ggml_type, x, out):
     """Batch path: dequantize four rows, then a register-blocked product over all tokens.
 

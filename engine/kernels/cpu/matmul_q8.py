@@ -46,7 +46,7 @@ from .dequant import q4_k_scale_min, signed_byte
 _f32 = np.float32
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def quantize_rows(x, qx, dx, xqsum16):
     """Per 16-value int8 quantization of x (T, K): qx, its scales dx, and the sum of each 16
     dequantized values (xqsum16). Serial: decode-sized steps only (T < 4), a thread wake-up
@@ -72,7 +72,7 @@ def quantize_rows(x, qx, dx, xqsum16):
 # (f32x8) and the dequantized sums of its two halves are the activation block, shared by the four
 # rows of a tile.
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _q4_1(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
     o = b * 20
     d, m = load_f16_pair(row, o)
@@ -80,7 +80,7 @@ def _q4_1(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
     return vfma8(vmul8(p, dxv), vsplat8(d), acc), offset + m * (xqs_lo + xqs_hi)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _q4_0(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
     o = b * 18
     d = load_f16(row, o)
@@ -88,7 +88,7 @@ def _q4_0(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
     return vfma8(vmul8(p, dxv), vsplat8(d), acc), offset - _f32(8.0) * d * (xqs_lo + xqs_hi)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _q8_0(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
     o = b * 34
     d = load_f16(row, o)
@@ -96,7 +96,7 @@ def _q8_0(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
     return vfma8(vmul8(p, dxv), vsplat8(d), acc), offset - _f32(128.0) * d * (xqs_lo + xqs_hi)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _q4_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
     o = (b // 8) * 144                           # super-block; b % 8 is the sub-block
     j = b % 8
@@ -109,7 +109,7 @@ def _q4_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
     return acc, offset - dmin * _f32(m) * (xqs_lo + xqs_hi)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _q6_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
     o = (b // 8) * 210                           # super-block; 4 parts of 32 in each half
     half = (b % 8) // 4
@@ -129,7 +129,7 @@ def _q6_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
 
 # ------------------------------------------------------------------ rows
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _block(ggml_type, row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
     if ggml_type == Q4_1:
         return _q4_1(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
@@ -142,7 +142,7 @@ def _block(ggml_type, row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
     return _q4_0(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _activation_block(ggml_type, row, b, qx, dx, xqsum16, acc, offset):
     """Weight block b against activation block b (load_f32: no negative-index wraparound code)."""
     dxv = vsplat8x2(load_f32(dx, 2 * b), load_f32(dx, 2 * b + 1))
@@ -150,7 +150,7 @@ def _activation_block(ggml_type, row, b, qx, dx, xqsum16, acc, offset):
                   load_f32(xqsum16, 2 * b + 1), acc, offset)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _row_dot(ggml_type, row, qx, dx, xqsum16):
     """row . x for one weight row and one quantized activation row (qx (K,), dx, xqsum16 (K/16,)).
 
@@ -170,7 +170,7 @@ def _row_dot(ggml_type, row, qx, dx, xqsum16):
     return hsum8(vadd8(a0, a1)) + c0 + c1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def row_dot_q8(ggml_type, row, qx, dx, xqsum16):
     """row . x with the type chosen at run time (one test per row, not per block)."""
     if ggml_type == Q4_1:
@@ -184,7 +184,7 @@ def row_dot_q8(ggml_type, row, qx, dx, xqsum16):
     return _row_dot(Q4_0, row, qx, dx, xqsum16)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def matmul_q8(w, ggml_type, qx, dx, xqsum16, out):
     """out (T, N) = x @ W^T with x given quantized (quantize_rows); ggml_type in INT8_ACTIVATION_TYPES.
 

@@ -15,7 +15,7 @@ _f32 = np.float32
 
 # ----------------------------------------------------------------------------- RMSNorm
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _rms_norm_row(xt, weight, eps, ot):
     D = xt.shape[0]
     acc = vzero()
@@ -27,13 +27,13 @@ def _rms_norm_row(xt, weight, eps, ot):
         vstore(ot, k, vmul(vmul(vload(xt, k), scale), vload(weight, k)))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _rms_norm_parallel(x, weight, eps, out):
     for t in prange(x.shape[0]):
         _rms_norm_row(x[t], weight, eps, out[t])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def rms_norm(x, weight, eps, out):
     """out (T, D) = x (T, D) / rms(x) * weight (D,); rms over D, in float32. out may be x."""
     if x.shape[0] >= PARALLEL_MIN_ROWS:
@@ -45,7 +45,7 @@ def rms_norm(x, weight, eps, out):
 
 # ----------------------------------------------------------------------------- RoPE
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def rope_tables(positions, inv_freq, cos_out, sin_out):
     """cos/sin (T, rope_dim/2) of positions (T,) i32 times inv_freq (rope_dim/2,) f64 (scaling folded in)."""
     for t in range(positions.shape[0]):
@@ -55,7 +55,7 @@ def rope_tables(positions, inv_freq, cos_out, sin_out):
             sin_out[t, i] = np.sin(angle)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _rope_row(xt, num_heads, head_dim, cos_t, sin_t):
     for h in range(num_heads):
         base = h * head_dim
@@ -66,13 +66,13 @@ def _rope_row(xt, num_heads, head_dim, cos_t, sin_t):
             xt[base + 2 * i + 1] = a * sin_t[i] + b * cos_t[i]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _rope_parallel(x, num_heads, head_dim, cos, sin):
     for t in prange(x.shape[0]):
         _rope_row(x[t], num_heads, head_dim, cos[t], sin[t])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def rope(x, num_heads, head_dim, cos, sin):
     """Rotate x (T, num_heads*head_dim) in place, GGML 'normal' mode (the Llama GGUF layout):
     pairs (2i, 2i+1) of the first 2*cos.shape[1] dimensions of each head turn by angle i;
@@ -86,7 +86,7 @@ def rope(x, num_heads, head_dim, cos, sin):
 
 # ----------------------------------------------------------------------------- SiLU-gated FFN
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _silu_mul_row(g_row, u_row, o_row):
     one = vsplat(_f32(1.0))
     zero = vzero()
@@ -96,13 +96,13 @@ def _silu_mul_row(g_row, u_row, o_row):
         vstore(o_row, k, vmul(vmul(g, sig), vload(u_row, k)))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _silu_mul_parallel(gate, up, out):
     for t in prange(gate.shape[0]):
         _silu_mul_row(gate[t], up[t], out[t])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def silu_mul(gate, up, out):
     """out (T, F) = silu(gate) * up = gate / (1 + exp(-gate)) * up. out may be gate."""
     if gate.shape[0] >= PARALLEL_MIN_ROWS:
@@ -114,7 +114,7 @@ def silu_mul(gate, up, out):
 
 # ----------------------------------------------------------------------------- residual, embedding
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def add_inplace(x, y):
     """x (T, D) += y (T, D). Memory-bound and short: no threads."""
     for t in range(x.shape[0]):
@@ -124,7 +124,7 @@ def add_inplace(x, y):
             vstore(xt, k, vadd(vload(xt, k), vload(yt, k)))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def embed(token_ids, table, ggml_type, out):
     """out (T, D) = rows token_ids (T,) of the embedding table (vocab, row_bytes) in its GGML type."""
     for t in prange(token_ids.shape[0]):

@@ -18,19 +18,19 @@ from .matmul_f32 import block_sums, dot_row
 from .matmul_q8 import quantize_rows, row_dot_q8
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def has_int8_kernel(ggml_type):
     return ggml_type == Q4_0 or ggml_type == Q4_1 or ggml_type == Q8_0 or ggml_type == Q4_K or ggml_type == Q6_K
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _dot(ggml_type, row, t, int8, x, xsum, qx, dx, xqsum16):
     if int8 and has_int8_kernel(ggml_type):
         return row_dot_q8(ggml_type, row, qx[t], dx[t], xqsum16[t])
     return dot_row(ggml_type, row, x[t], xsum[t])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _rows(x, int8, xsum, qx, dx, xqsum16, w0, type0, out0, w1, type1, out1, w2, type2, out2):
     n0 = w0.shape[0]
     n1 = w1.shape[0]
@@ -46,7 +46,7 @@ def _rows(x, int8, xsum, qx, dx, xqsum16, w0, type0, out0, w1, type1, out1, w2, 
                 out2[t, r - n0 - n1] = _dot(type2, w2[r - n0 - n1], t, int8, x, xsum, qx, dx, xqsum16)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def project(x, int8_activations, w0, type0, out0, w1, type1, out1, w2, type2, out2):
     T, K = x.shape
     if T >= GEMM_MIN_TOKENS:

@@ -1,0 +1,119 @@
+"""Documents, chunks and embeddings in Redis: enough to rebuild every in-memory index after a
+restart (see docs/redis.md). Writes of one document are one MULTI/EXEC transaction."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..common.keys import Keys
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def chunk_id(doc_id: str, index: int, text: str) -> str:
+    h = hashlib.blake2b(f"{doc_id}\x00{index}\x00".encode() + text.encode(), digest_size=12)
+    return h.hexdigest()
+
+
+@dataclass
+class ChunkRecord:
+    chunk_id: str
+    doc_id: str
+    index: int
+    source: str
+    start: int
+    end: int
+    text: str
+    embedding: np.ndarray                   # (dims,) float32, unit length
+    metadata: dict = field(default_factory=dict)
+
+
+class DocumentStore:
+    def __init__(self, client, keys: Keys):
+        self.redis = client                  # redis.asyncio.Redis
+        self.keys = keys
+
+    async def document(self, doc_id: str) -> dict | None:
+        raw = await self.redis.hgetall(self.keys.document(doc_id))
+        return {k.decode(): v.decode() for k, v in raw.items()} if raw else None
+
+    async def holder_of(self, digest: str) -> str | None:
+        value = await self.redis.get(self.keys.content(digest))
+        return value.decode() if value else None
+
+    async def put(self, doc_id: str, source: str, metadata: dict, digest: str, chunks: list[ChunkRecord]) -> None:
+        """Store a document and its chunks, replacing any previous version, atomically."""
+        old = await self.document(doc_id)
+        pipe = self.redis.pipeline(transaction=True)
+        if old:
+            old_ids = json.loads(old.get("chunk_ids", "[]"))
+            if old_ids:
+                pipe.delete(*[self.keys.chunk(c) for c in old_ids])
+                pipe.srem(self.keys.chunks, *old_ids)
+            pipe.delete(self.keys.content(old["content_hash"]))
+        for c in chunks:
+            pipe.hset(self.keys.chunk(c.chunk_id), mapping={
+                "doc_id": doc_id, "index": c.index, "source": source, "start": c.start, "end": c.end,
+                "text": c.text, "embedding": c.embedding.astype(np.float32).tobytes()})
+        if chunks:
+            pipe.sadd(self.keys.chunks, *[c.chunk_id for c in chunks])
+        pipe.hset(self.keys.document(doc_id), mapping={
+            "source": source, "metadata": json.dumps(metadata, sort_keys=True), "content_hash": digest,
+            "chunk_ids": json.dumps([c.chunk_id for c in chunks]), "ingested_at": f"{time.time():.3f}"})
+        pipe.sadd(self.keys.documents, doc_id)
+        pipe.set(self.keys.content(digest), doc_id)
+        pipe.incr(self.keys.documents_version)
+        await pipe.execute()
+
+    async def delete(self, doc_id: str) -> bool:
+        old = await self.document(doc_id)
+        if not old:
+            return False
+        ids = json.loads(old.get("chunk_ids", "[]"))
+        pipe = self.redis.pipeline(transaction=True)
+        if ids:
+            pipe.delete(*[self.keys.chunk(c) for c in ids])
+            pipe.srem(self.keys.chunks, *ids)
+        pipe.delete(self.keys.document(doc_id), self.keys.content(old["content_hash"]))
+        pipe.srem(self.keys.documents, doc_id)
+        pipe.incr(self.keys.documents_version)
+        await pipe.execute()
+        return True
+
+    async def version(self) -> int:
+        return int(await self.redis.get(self.keys.documents_version) or 0)
+
+    async def count(self) -> tuple[int, int]:
+        return int(await self.redis.scard(self.keys.documents)), int(await self.redis.scard(self.keys.chunks))
+
+    async def load_all(self, dims: int) -> tuple[int, list[ChunkRecord]]:
+        """(version, every chunk): what an index is rebuilt from."""
+        version = await self.version()
+        ids = sorted(m.decode() for m in await self.redis.smembers(self.keys.chunks))
+        metadata_cache: dict[str, dict] = {}
+        records = []
+        for start in range(0, len(ids), 512):
+            pipe = self.redis.pipeline(transaction=False)
+            for cid in ids[start:start + 512]:
+                pipe.hgetall(self.keys.chunk(cid))
+            for cid, raw in zip(ids[start:start + 512], await pipe.execute(), strict=True):
+                if not raw:
+                    continue
+                doc_id = raw[b"doc_id"].decode()
+                if doc_id not in metadata_cache:
+                    doc = await self.document(doc_id) or {}
+                    metadata_cache[doc_id] = json.loads(doc.get("metadata", "{}"))
+                embedding = np.frombuffer(raw[b"embedding"], dtype=np.float32)
+                if embedding.shape[0] != dims:
+                    continue                  # written by another embedding model: not searchable here
+                records.append(ChunkRecord(cid, doc_id, int(raw[b"index"]), raw[b"source"].decode(),
+                                           int(raw[b"start"]), int(raw[b"end"]), raw[b"text"].decode(),
+                                           embedding, metadata_cache[doc_id]))
+        records.sort(key=lambda r: (r.doc_id, r.index))
+        return version, records
