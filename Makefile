@@ -60,7 +60,7 @@ bench-peers: setup $(PEERS)/.installed
 
 lint: setup
 	$(BIN)/pip install --quiet ruff
-	$(BIN)/ruff check engine services bench tests
+	$(BIN)/ruff check engine services bench tests harness
 
 clean:
 	rm -rf $(VENV) $(PEERS) .pytest_cache $(NODE_CLIENT)/node_modules

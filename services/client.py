@@ -8,12 +8,20 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
+def channel_options(max_message_mb: int = 8) -> list[tuple[str, int]]:
+    """Message size limits, and reconnection that retries every 0.2-2 s (grpcio's default backs off
+    to 120 s): a service that restarts is reached again within seconds of its return."""
+    return [("grpc.max_receive_message_length", max_message_mb * 2**20),
+            ("grpc.max_send_message_length", max_message_mb * 2**20),
+            ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000)]
+
+
 def open_channel(address: str, tls_ca: str | None = None, api_key: str | None = None,
                  max_message_mb: int = 8) -> grpc.Channel:
     """A channel to address (host:port). tls_ca: PEM of the CA to trust (TLS); api_key: sent as
     'authorization: Bearer KEY' on every call (also read from MESHLLM_API_KEY)."""
-    options = [("grpc.max_receive_message_length", max_message_mb * 2**20),
-               ("grpc.max_send_message_length", max_message_mb * 2**20)]
+    options = channel_options(max_message_mb)
     tls_ca = tls_ca or os.environ.get("MESHLLM_TLS_CA") or None
     if tls_ca:
         channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(Path(tls_ca).read_bytes()), options)
@@ -25,7 +33,8 @@ def open_channel(address: str, tls_ca: str | None = None, api_key: str | None = 
     return channel
 
 
-class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                   grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
     def __init__(self, key: str):
         self._pair = ("authorization", f"Bearer {key}")
 
@@ -38,6 +47,12 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
 
     def intercept_unary_stream(self, continuation, details, request):
         return continuation(self._with_key(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._with_key(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._with_key(details), requests)
 
 
 class _Details(grpc.ClientCallDetails):
@@ -53,8 +68,7 @@ class _Details(grpc.ClientCallDetails):
 def open_channel_async(address: str, tls_ca: str | None = None, api_key: str | None = None,
                        max_message_mb: int = 8) -> grpc.aio.Channel:
     """The asyncio twin of open_channel, for services that call other services."""
-    options = [("grpc.max_receive_message_length", max_message_mb * 2**20),
-               ("grpc.max_send_message_length", max_message_mb * 2**20)]
+    options = channel_options(max_message_mb)
     interceptors = [_AsyncBearerToken(api_key)] if api_key else None
     if tls_ca:
         credentials = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes())
@@ -62,7 +76,8 @@ def open_channel_async(address: str, tls_ca: str | None = None, api_key: str | N
     return grpc.aio.insecure_channel(address, options, interceptors=interceptors)
 
 
-class _AsyncBearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+class _AsyncBearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
+                        grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
     def __init__(self, key: str):
         self._pair = ("authorization", f"Bearer {key}")
 
@@ -75,6 +90,12 @@ class _AsyncBearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStre
 
     async def intercept_unary_stream(self, continuation, details, request):
         return await continuation(self._details(details), request)
+
+    async def intercept_stream_unary(self, continuation, details, requests):
+        return await continuation(self._details(details), requests)
+
+    async def intercept_stream_stream(self, continuation, details, requests):
+        return await continuation(self._details(details), requests)
 
 
 def health_status(address: str, service: str = "", timeout: float = 2.0, tls_ca: str | None = None) -> str:

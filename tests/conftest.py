@@ -10,6 +10,7 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))          # gguf_factory
+sys.path.insert(0, str(TESTS.parent))   # harness (shared with bench/)
 
 import engine  # noqa: E402,F401  (numba settings before any kernel)
 

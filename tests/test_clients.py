@@ -11,7 +11,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from mesh import Mesh
+
+from harness.mesh import Mesh
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_CLIENT = ROOT / "clients" / "node" / "generate.js"

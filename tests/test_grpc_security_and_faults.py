@@ -6,8 +6,8 @@ import uuid
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from mesh import Mesh, channel
 
+from harness.mesh import Mesh, channel
 from services.api import generation_pb2, generation_pb2_grpc, tokenizer_pb2, tokenizer_pb2_grpc
 from services.client import health_status
 from services.common.redis_server import RedisServer

@@ -5,9 +5,9 @@ import uuid
 import grpc
 import numpy as np
 import pytest
-from mesh import Mesh, channel
 
 from engine.encoder import SentenceEncoder
+from harness.mesh import Mesh, channel
 from services.api import retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.chunking import ChunkingConfig, chunk_text
 from services.retrieval.corpus import pydoc_topics

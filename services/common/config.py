@@ -143,11 +143,14 @@ class ServerConfig:
     tls_cert: str = field(default="", metadata={"help": "PEM certificate chain: serve TLS (with tls_key)"})
     tls_key: str = field(default="", metadata={"help": "PEM private key of tls_cert"})
     max_message_mb: int = field(default=8, metadata={"help": "largest request or response message"})
+    max_concurrent_rpcs: int = field(default=1024, metadata={
+        "help": "calls served at once; more are refused (RESOURCE_EXHAUSTED)"})
 
     def __post_init__(self):
         _check(0 <= self.port < 65536 and 0 <= self.metrics_port < 65536, "ports must be in 0..65535")
         _check(bool(self.tls_cert) == bool(self.tls_key), "TLS needs both tls_cert and tls_key")
         _check(1 <= self.max_message_mb <= 256, "max_message_mb must be in 1..256")
+        _check(self.max_concurrent_rpcs >= 1, "max_concurrent_rpcs must be >= 1")
 
     @property
     def keys(self) -> list[str]:

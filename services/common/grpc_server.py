@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from .auth import ApiKeyInterceptor
 from .config import ServerConfig
 from .metrics import METRICS
+from .request_guard import MalformedRequestInterceptor
 
 log = logging.getLogger("meshllm.server")
 
@@ -33,7 +34,9 @@ def server_options(config: ServerConfig) -> list[tuple[str, int]]:
 async def serve(config: ServerConfig, service_names: list[str], register: Callable[[grpc.aio.Server], None],
                 ready: Callable[[], Awaitable[bool]], grace_s: float = 5.0) -> None:
     interceptors = [ApiKeyInterceptor(config.keys)] if config.keys else []
-    server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
+    interceptors.append(MalformedRequestInterceptor())
+    server = grpc.aio.server(interceptors=interceptors, options=server_options(config),
+                             maximum_concurrent_rpcs=config.max_concurrent_rpcs)
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -1,12 +1,20 @@
-"""Start meshllm service processes for tests: the same commands docker compose and `meshllm up` run,
-on free loopback ports, against a real redis-server."""
+"""Start meshllm service processes for tests and benchmarks: the same commands docker compose and
+`meshllm up` run, on free loopback ports, against a real redis-server.
+
+Each process logs to its own file (never to a pipe nobody reads, which would block it once full);
+`Mesh.check` shows a dead process's last lines.
+"""
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import redis
@@ -20,6 +28,7 @@ from services.common.redis_server import free_port
 class Proc:
     name: str
     process: subprocess.Popen
+    log_path: Path
     port: int = 0
     metrics_port: int = 0
     argv: list = field(default_factory=list)
@@ -29,14 +38,35 @@ class Proc:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def rss_mb(self) -> float | None:
+        try:
+            import psutil
+            return round(psutil.Process(self.process.pid).memory_info().rss / 2**20, 1)
+        except Exception:                                # noqa: BLE001 - the process ended
+            return None
+
     def stop(self, sig=None) -> None:
-        if self.process.poll() is None:
+        if self.alive:
             self.process.terminate() if sig is None else self.process.send_signal(sig)
             try:
                 self.process.wait(20)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, as a crash or the OOM killer would leave it."""
+        self.stop(signal.SIGKILL)
 
 
 @dataclass
@@ -45,28 +75,32 @@ class Mesh:
     key_prefix: str
     env_extra: dict = field(default_factory=dict)
     procs: list[Proc] = field(default_factory=list)
+    log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="meshllm-logs-")))
 
     def env(self, **extra) -> dict:
         env = dict(os.environ, REDIS_URL=self.redis_url, MESHLLM_KEY_PREFIX=self.key_prefix,
                    MESHLLM_LOG_FORMAT="text", MESHLLM_HEARTBEAT_MS="300", MESHLLM_CLAIM_IDLE_MS="1500",
                    MESHLLM_KV_CACHE_MB="128")
-        env.update(self.env_extra)
+        env.update({k: str(v) for k, v in self.env_extra.items()})
         env.update({k: str(v) for k, v in extra.items()})
         return env
 
     def _spawn(self, name: str, argv: list[str], env: dict, port: int = 0, metrics_port: int = 0) -> Proc:
-        process = subprocess.Popen([sys.executable, "-m", "services.cli", *argv], env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        proc = Proc(name, process, port, metrics_port, argv, env)
+        log_path = self.log_dir / f"{name}-{len(self.procs)}.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen([sys.executable, "-m", "services.cli", *argv], env=env,
+                                       stdout=subprocess.DEVNULL, stderr=log)
+        proc = Proc(name, process, log_path, port, metrics_port, argv, env)
         self.procs.append(proc)
         return proc
 
-    def restart(self, proc: Proc, wait: bool = True) -> Proc:
-        """Stop a service and start it again with the same command, environment and port."""
-        proc.stop()
+    def restart(self, proc: Proc, wait: bool = True, kill: bool = False) -> Proc:
+        """Stop a process (SIGTERM, or SIGKILL with kill=True) and start it again with the same
+        command, environment and port."""
+        proc.kill() if kill else proc.stop()
         self.procs.remove(proc)
         fresh = self._spawn(proc.name, proc.argv, proc.env, proc.port, proc.metrics_port)
-        if wait:
+        if wait and fresh.port:
             self.wait_serving(fresh)
         return fresh
 
@@ -89,7 +123,21 @@ class Mesh:
                 self.check(proc)
                 assert time.monotonic() < deadline, "the worker did not register"
                 time.sleep(0.05)
+            proc.worker_key = (set(client.keys(pattern)) - before).pop().decode()
+        client.close()
         return proc
+
+    def stack(self, workers: int = 1, **env_extra) -> dict[str, Proc]:
+        """Tokenizer, Generation, Retrieval (calling this Generation) and workers, all serving."""
+        procs = {"tokenizer": self.service("tokenizer", wait=False, **env_extra),
+                 "generation": self.service("generation", wait=False, **env_extra)}
+        procs["retrieval"] = self.service("retrieval", wait=False,
+                                          MESHLLM_GENERATION_ADDRESS=procs["generation"].address, **env_extra)
+        for name in ("tokenizer", "generation", "retrieval"):
+            self.wait_serving(procs[name])
+        for i in range(workers):
+            procs[f"worker-{i + 1}"] = self.worker(**env_extra)
+        return procs
 
     def wait_serving(self, proc: Proc, timeout: float = 120, status: str = "SERVING") -> None:
         deadline = time.monotonic() + timeout
@@ -100,13 +148,13 @@ class Mesh:
 
     @staticmethod
     def check(proc: Proc) -> None:
-        if proc.process.poll() is not None:
-            raise AssertionError(f"{proc.name} exited with {proc.process.returncode}: "
-                                 f"{proc.process.stderr.read()[-3000:]}")
+        if not proc.alive:
+            raise AssertionError(f"{proc.name} exited with {proc.process.returncode}: {proc.log_tail()}")
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()
+        shutil.rmtree(self.log_dir, ignore_errors=True)
 
 
 def channel(proc: Proc, **kwargs) -> grpc.Channel:
