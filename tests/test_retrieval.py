@@ -118,6 +118,14 @@ def test_search_modes_find_the_topic(stub, mode):
         assert hits[0].score == pytest.approx(1 / (60 + hits[0].lexical_rank) + 1 / (60 + hits[0].dense_rank))
 
 
+@pytest.mark.parametrize("query", ["?", "a", "!!"])
+def test_a_query_without_lexical_words_is_searched_densely(stub, query):
+    """Found by the fuzzer: bm25s raised IndexError on a query with no word of two letters (INTERNAL)."""
+    assert not stub.Search(ST.SearchRequest(query=query, top_k=3, mode=ST.SEARCH_MODE_LEXICAL)).hits
+    hybrid = stub.Search(ST.SearchRequest(query=query, top_k=3)).hits
+    assert len(hybrid) == 3 and all(h.lexical_rank == 0 and h.dense_rank for h in hybrid)
+
+
 def test_dense_search_finds_a_paraphrase_and_filters_by_source(stub):
     hits = stub.Search(ST.SearchRequest(query="declare that a name refers to the module-level variable", top_k=1,
                                         mode=ST.SEARCH_MODE_DENSE)).hits

@@ -64,7 +64,10 @@ class SearchIndex:
             return []
         allowed = np.isin(self.sources, sources) if sources else np.ones(n, bool)
         dense = self.embeddings @ query_vector.astype(np.float32)
-        lexical = np.asarray(self.bm25.get_scores(lexical_tokens([query])[0]), dtype=np.float64)
+        words = lexical_tokens([query])[0]
+        # a query with no word of two letters or more ("?", "a") has no lexical match (bm25s raises)
+        lexical = (np.asarray(self.bm25.get_scores(words), dtype=np.float64) if words
+                   else np.zeros(n, np.float64))
         dense_order = [i for i in np.argsort(-dense, kind="stable") if allowed[i]]
         lexical_order = [i for i in np.argsort(-lexical, kind="stable") if allowed[i] and lexical[i] > 0]
         dense_rank = {int(i): r + 1 for r, i in enumerate(dense_order)}
