@@ -103,6 +103,12 @@ class Worker:
             log.warning("Redis unreachable (%s); holding %d jobs", e, len(self.jobs))
             time.sleep(0.5)
             self._next_heartbeat = 0.0
+        except redis.ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            # Redis came back without its data (no persistence): the job stream and group are new
+            log.warning("the job stream's consumer group is gone; recreating it")
+            self._connect()
 
     # ------------------------------------------------------------------ one turn
 
