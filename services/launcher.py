@@ -22,7 +22,7 @@ import redis
 from .cli import DEFAULT_METRICS_PORTS, DEFAULT_PORTS
 from .client import health_status
 from .common.keys import Keys
-from .common.redis_server import RedisServer, child_process_options, wait_for_redis
+from .common.redis_server import RedisServer, child_process_options, local_password, redacted_url, wait_for_redis
 
 SERVICES = ("tokenizer", "retrieval", "generation")
 
@@ -48,13 +48,16 @@ class Stack:
         env = dict(os.environ)
         redis_url = env.get("REDIS_URL")
         if redis_url:
-            self.log(f"using Redis at {redis_url}")
+            self.log(f"using Redis at {redacted_url(redis_url)}")
             wait_for_redis(redis_url)
         else:
+            # loopback only, and still with a password: other local users cannot read the mesh's state
             if self.args.ephemeral:
-                self.redis_server = RedisServer(own_session=True).start()
+                self.redis_server = RedisServer(password=local_password(None), own_session=True).start()
             else:
-                self.redis_server = RedisServer(data_dir=redis_data_dir(), persist=True, own_session=True).start()
+                data_dir = redis_data_dir()
+                self.redis_server = RedisServer(password=local_password(data_dir), data_dir=data_dir, persist=True,
+                                                own_session=True).start()
             redis_url = env["REDIS_URL"] = self.redis_server.url
             self.log(f"started redis-server on port {self.redis_server.port}")
         env.setdefault("MESHLLM_HOST", self.args.host)
@@ -149,7 +152,7 @@ def up(args) -> int:
         print("meshllm is up:")
         for name in SERVICES:
             print(f"  {name:<11} grpc://{endpoints[name]}   metrics http://{args.host}:{DEFAULT_METRICS_PORTS[name]}")
-        print(f"  redis       {endpoints['redis']}")
+        print(f"  redis       {redacted_url(endpoints['redis'])}")
         print(f"  workers     {args.workers}")
         print("Try: meshllm generate --remote 127.0.0.1:50053 --chat \"What is the capital of France?\"")
         print("     meshllm ask \"What does the with statement do?\"")

@@ -1,6 +1,7 @@
 """Clients: the Node.js client, and `meshllm up` with the command-line clients against it."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import redis
 
 from harness.mesh import Mesh
 
@@ -76,6 +78,10 @@ def test_meshllm_up_serves_the_cli_clients_and_stops_cleanly():
         assert meshllm("health", "127.0.0.1:50051").stdout.strip() == "SERVING"
         children = psutil.Process(up.pid).children(recursive=True)
         assert len(children) >= 4                              # redis-server, 2 services, a worker
+        # the local Redis asks for a password, and the banner does not show it
+        port = re.search(r"redis +redis://:\*\*\*@127\.0\.0\.1:(\d+)/0", "".join(lines)).group(1)
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=int(port)).ping()
     finally:
         up.send_signal(signal.SIGINT)
         assert up.wait(60) == 0

