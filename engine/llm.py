@@ -8,6 +8,7 @@ import numpy as np
 
 from .assets import default_model_path
 from .chat_template import ChatMessage, ChatTemplate
+from .device import load_model, resolve_device
 from .gguf_file import GGUFFile
 from .model import ForwardBatch, LlamaModel
 from .tokenizer import Tokenizer
@@ -24,9 +25,12 @@ class LLM:
         self.chat_template = ChatTemplate(tokenizer.chat_template, piece(special.bos_id), piece(special.eos_id))
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None, int8_activations: bool = False) -> LLM:
+    def load(cls, path: str | os.PathLike | None = None, int8_activations: bool = False, device: str = "cpu") -> LLM:
+        """device: "cpu", "cuda" or "auto" (CUDA when numba finds a GPU), see engine.device."""
+        device = resolve_device(device)              # before reading anything: a bad device fails fast
         gguf = GGUFFile.open(path or default_model_path())
-        return cls(LlamaModel(gguf, int8_activations), Tokenizer.from_gguf(gguf))
+        model = load_model(gguf, device, int8_activations)
+        return cls(model, Tokenizer.from_gguf(gguf))
 
     @property
     def config(self):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from .block_pool import BlockPool
 from .block_store import BlockStore, InvalidBlock, decode_block, encode_block
 from .kv_cache_manager import KVCacheManager
-from .model import KVCache, LlamaModel
+from .model import LlamaModel
 from .model_runner import ModelRunner
 from .scheduler import Scheduler
 from .sequence import RequestOptions, Sequence, TokenEvent
@@ -83,7 +83,7 @@ class LLMEngine:
         self.max_context = min(config.max_context or mc.context_length, mc.context_length)
         per_block = 2 * 4 * mc.num_layers * mc.num_kv_heads * mc.head_dim * config.block_size
         num_blocks = config.num_kv_blocks or max(1, config.kv_cache_mb * 2**20 // per_block)
-        self.kv_cache = KVCache(mc, num_blocks, config.block_size, prefault=config.prefault_kv)
+        self.kv_cache = model.new_kv_cache(num_blocks, config.block_size, prefault=config.prefault_kv)
         self.pool = BlockPool(num_blocks, config.block_size)
         self.kv = KVCacheManager(self.pool, model.fingerprint)
         self.scheduler = Scheduler(self.kv, config.max_num_batched_tokens, config.max_num_seqs)
@@ -168,8 +168,8 @@ class LLMEngine:
             self.stats.computed_prompt_tokens += prompt_part
         outputs: dict[str, RequestOutput] = {}
         finished = []
-        for seq, logits in results:
-            event = seq.append_token(logits)
+        for seq, result in results:
+            event = seq.append_sampled(*result) if isinstance(result, tuple) else seq.append_token(result)
             self.stats.generated_tokens += 1
             outputs.setdefault(seq.request_id, RequestOutput(seq.request_id)).events.append(event)
             if event.finish_reason is not None:
@@ -184,7 +184,7 @@ class LLMEngine:
     def _publish(self, seq: Sequence) -> None:
         for block_id, block_hash, _ in self.kv.publish_computed_blocks(seq):
             if self._exporter is not None:                  # copies: the block may be reused before it is sent
-                keys, values = self.kv_cache.k[:, block_id].copy(), self.kv_cache.v[:, block_id].copy()
+                keys, values = self.kv_cache.read_block(block_id)
                 self._exporter.offer(block_hash, keys, values)
 
     def _import_remote_prefixes(self) -> None:
@@ -216,8 +216,7 @@ class LLMEngine:
                     log.warning("rejected a stored KV block (%s): recomputing it", e)
                     break
                 (block_id,) = self.pool.allocate(1)
-                self.kv_cache.k[:, block_id] = k
-                self.kv_cache.v[:, block_id] = v
+                self.kv_cache.write_block(block_id, k, v)
                 self.pool.cache(block_id, keys[i], self.kv.block_tokens(seq, start + i))
                 self.pool.free([block_id])
                 self.stats.remote_blocks_imported += 1

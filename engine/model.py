@@ -67,6 +67,14 @@ class KVCache:
     def bytes_per_block(self) -> int:
         return (self.k.nbytes + self.v.nbytes) // self.num_blocks
 
+    def read_block(self, block_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of one block of every layer: k (L, KV, hd, bs), v (L, KV, bs, hd)."""
+        return self.k[:, block_id].copy(), self.v[:, block_id].copy()
+
+    def write_block(self, block_id: int, k: np.ndarray, v: np.ndarray) -> None:
+        self.k[:, block_id] = k
+        self.v[:, block_id] = v
+
 
 class LlamaModel:
     """int8_activations=False (the default, "exact") keeps every activation in float32 and gives
@@ -127,8 +135,8 @@ class LlamaModel:
             raise GGUFError(f"{name}: expected {length} float32 values")
         return tensor.data.view(np.float32).reshape(length)
 
-    def new_kv_cache(self, num_blocks: int, block_size: int = 16) -> KVCache:
-        return KVCache(self.config, num_blocks, block_size)
+    def new_kv_cache(self, num_blocks: int, block_size: int = 16, prefault: bool = False) -> KVCache:
+        return KVCache(self.config, num_blocks, block_size, prefault)
 
     def forward_hidden(self, batch: ForwardBatch, kv_cache: KVCache) -> np.ndarray:
         """Run the decoder stack (writing the step's keys and values); the final hidden states."""

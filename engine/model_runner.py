@@ -46,11 +46,20 @@ class ModelRunner:
                              np.asarray(logits_rows, np.int32))
         return batch, sampled
 
-    def run(self, chunks: list[tuple[Sequence, int]]) -> list[tuple[Sequence, np.ndarray]]:
-        """Compute the chunks' keys and values; (sequence, logits of its last token) for those done."""
+    def run(self, chunks: list[tuple[Sequence, int]]) -> list[tuple[Sequence, np.ndarray | tuple[int, float]]]:
+        """Compute the chunks' keys and values. For the sequences done: (sequence, logits of its last
+        token), or, on a model that samples on its device (CudaLlamaModel.sample) when every such
+        sequence's settings allow it, (sequence, (token id, logprob)): then no logits leave the device."""
         batch, sampled = self.build_batch(chunks)
         if not sampled:
             self.model.forward_hidden(batch, self.kv_cache)
             return []
+        vocab = self.model.config.vocab_size
+        if hasattr(self.model, "sample") and all(seq.wants_device_sampling() for seq in sampled):
+            draws = [seq.sampler.device_draw(vocab) for seq in sampled]
+            temperatures, top_ks, uniforms = (np.array(column) for column in zip(*draws, strict=True))
+            ids, logprobs = self.model.sample(batch, self.kv_cache, temperatures.astype(np.float32),
+                                              top_ks.astype(np.int32), uniforms.astype(np.float64))
+            return [(seq, (int(t), float(lp))) for seq, t, lp in zip(sampled, ids, logprobs, strict=True)]
         logits = self.model.forward(batch, self.kv_cache)
         return list(zip(sampled, logits, strict=True))

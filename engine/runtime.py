@@ -6,8 +6,10 @@ has not chosen a layer.
 
 Kernel cache: numba's on-disk cache checks the timestamp of a function's own file only, so a
 kernel that inlines a changed kernel from another file would keep running the old code. The cache
-therefore lives in a folder named by a hash of every kernel source file: any change to any kernel
-starts a fresh cache. NUMBA_CACHE_DIR, when set, is used as the parent of that folder.
+therefore lives in a folder named by a hash of every CPU kernel source file: any change to any
+such kernel starts a fresh cache. The CUDA kernels (kernels/cuda) are left out of the hash: they
+are compiled per process, never cached here, and editing them must not throw the CPU cache away.
+NUMBA_CACHE_DIR, when set, is used as the parent of that folder.
 """
 from __future__ import annotations
 
@@ -16,12 +18,15 @@ import os
 from pathlib import Path
 
 _KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
+_CUDA_DIR = _KERNEL_DIR / "cuda"
 _configured = False
 
 
 def kernel_source_hash() -> str:
     h = hashlib.sha256()
     for path in sorted(_KERNEL_DIR.rglob("*.py")):
+        if _CUDA_DIR in path.parents:
+            continue
         h.update(path.relative_to(_KERNEL_DIR).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]

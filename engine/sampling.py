@@ -86,6 +86,20 @@ class Sampler:
             return int(np.argmax(logits))
         return sample_from(logits, p, self.rng)
 
+    def device_sampling(self) -> bool:
+        """Whether a device sampler (greedy, temperature, top-k: kernels/cuda/sampling.py) can draw for us."""
+        p = self.params
+        return not p.has_penalties and p.top_p >= 1 and p.min_p <= 0
+
+    def device_draw(self, vocab_size: int) -> tuple[float, int, float]:
+        """(temperature, top_k, uniform) for a device draw; consumes the random stream as sample() does
+        (one uniform for a non-greedy draw, none for greedy), so seeded outputs stay reproducible."""
+        p = self.params
+        if p.greedy:
+            return 0.0, 0, 0.0
+        top_k = p.top_k if 0 < p.top_k < vocab_size else 0
+        return p.temperature, top_k, float(self.rng.random())
+
     def _penalized(self, logits: np.ndarray) -> np.ndarray:
         p = self.params
         logits = logits.astype(np.float32, copy=True)

@@ -94,12 +94,29 @@ class Sequence:
     def append_token(self, logits: np.ndarray) -> TokenEvent:
         """Sample the next token from the logits of the last token and apply the stop rules."""
         token = self._sampler.sample(logits)
+        logprob, top = None, []
+        if self.options.logprobs or self.options.top_logprobs:
+            logprob, top = logprobs_of(logits, token, self.options.top_logprobs)
+        return self.append_sampled(token, logprob, top)
+
+    @property
+    def sampler(self) -> Sampler:
+        return self._sampler
+
+    def wants_device_sampling(self) -> bool:
+        """A device sampler can choose this sequence's tokens (and the logprob it may report)."""
+        return self.options.top_logprobs == 0 and self._sampler.device_sampling()
+
+    def append_sampled(self, token: int, logprob: float | None = None,
+                       top_logprobs: list[tuple[int, float]] | None = None) -> TokenEvent:
+        """Append a token already chosen (on the host from logits, or by a device sampler) and apply
+        the stop rules. logprob: log p(token) under the model, reported only when the request asked."""
         self._sampler.observe(token)
         opts = self.options
         event = TokenEvent(self.num_output_tokens, token, "", prompt_tokens=self.num_prompt_tokens,
                            cached_prompt_tokens=self.num_cached_prompt_tokens)
         if opts.logprobs or opts.top_logprobs:
-            event.logprob, event.top_logprobs = logprobs_of(logits, token, opts.top_logprobs)
+            event.logprob, event.top_logprobs = logprob, list(top_logprobs or [])
         self.token_ids.append(token)
         if token in self._end_ids:
             event.finish_reason = FinishReason.END_OF_TURN

@@ -40,6 +40,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the kernels (default: all cores)")
     p.add_argument("--fast", action="store_true",
                    help="int8 activations in decode (as llama.cpp): faster, may flip near-tied tokens")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where the model runs: auto picks cuda when numba finds an NVIDIA GPU (default auto)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -71,7 +73,7 @@ def _load_local(args):
     from engine.llm import LLM
     from engine.runtime import configure
     configure(args.threads)
-    llm = LLM.load(args.model, int8_activations=args.fast)
+    llm = LLM.load(args.model, int8_activations=args.fast, device=args.device)
     return llm, Generator(llm.model, llm.tokenizer)
 
 

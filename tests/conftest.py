@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,9 @@ sys.path.insert(0, str(TESTS))          # gguf_factory
 sys.path.insert(0, str(TESTS.parent))   # harness (shared with bench/)
 
 import engine  # noqa: E402,F401  (numba settings before any kernel)
+
+# tests/cuda_sim need numba's CUDA simulator from before numba loads: test_cuda_simulator.py runs them
+collect_ignore = [] if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else ["cuda_sim"]
 
 # A copy of ../shared/fixtures lives in tests/golden so the repository tests itself anywhere;
 # test_golden_copy.py checks the copy still equals the shared one when that is present.

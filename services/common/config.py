@@ -118,6 +118,8 @@ class WorkerConfig:
     max_num_batched_tokens: int = field(default=512, metadata={"help": "token budget of one step"})
     max_context: int = field(default=0, metadata={"help": "longest sequence (0: the model's context length)"})
     fast: bool = field(default=False, metadata={"help": "int8 activations in decode (faster, may flip near-ties)"})
+    device: str = field(default="auto", metadata={
+        "help": "where the model runs: cpu, cuda, or auto (cuda when numba finds an NVIDIA GPU)"})
     threads: int = field(default=0, metadata={"help": "kernel threads (0: all cores)"})
     kv_block_ttl_s: int = field(default=3600, metadata={"help": "seconds a shared KV block lives in Redis"})
     share_kv: bool = field(default=True, metadata={"help": "read and write prefix KV blocks through Redis"})
@@ -130,6 +132,7 @@ class WorkerConfig:
         _check(self.max_num_seqs >= 1 and self.max_num_batched_tokens >= 1, "batch limits must be >= 1")
         _check(self.max_context >= 0 and self.threads >= 0, "max_context and threads must be >= 0")
         _check(self.kv_block_ttl_s >= 1, "kv_block_ttl_s must be >= 1")
+        _check(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
 
 
 @dataclass(frozen=True)

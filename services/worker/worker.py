@@ -216,7 +216,7 @@ def run_worker(redis_config: RedisConfig, queue_config: QueueConfig, config: Wor
 
     from engine.runtime import configure
     configure(config.threads or None)
-    llm = LLM.load(config.model or None, int8_activations=config.fast)
+    llm = LLM.load(config.model or None, int8_activations=config.fast, device=config.device)
     llm.warm_up()
     worker = Worker(llm, redis_config, queue_config, config)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
