@@ -10,7 +10,7 @@ LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F1
 
 NODE_CLIENT := clients/node
 
-.PHONY: setup run chat test bench bench-serving bench-retrieval bench-peers lint stubs clean
+.PHONY: setup run chat test bench bench-serving bench-retrieval bench-load bench-faults bench-peers lint stubs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,14 @@ bench-serving: setup
 
 bench-retrieval: setup
 	$(BIN)/python bench/bench_retrieval.py
+
+# 32 streaming clients for 5 minutes against a local stack (docs/reliability.md)
+bench-load: setup
+	$(BIN)/python bench/load.py --clients 32 --duration 300
+
+# fault scenarios and the fuzz campaign, longer than in make test (docs/reliability.md)
+bench-faults: setup
+	$(BIN)/python bench/faults.py
 
 bench: setup
 	$(BIN)/python bench/bench_engine.py

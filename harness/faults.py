@@ -6,8 +6,9 @@ prints it as JSON).
   duplicate, and equals the same request re-run on the survivor.
 - redis_outage: stop Redis under load and bring it back; no process dies, no call outlives its
   deadline, health says NOT_SERVING meanwhile, service resumes, documents survive (AOF).
-- frontend_restart: SIGTERM or SIGKILL the Generation or Retrieval service mid-stream; clients get
-  UNAVAILABLE promptly and the next call on the same channel works.
+- frontend_restart: SIGTERM or SIGKILL the Generation or Retrieval service mid-stream; a stream
+  either finishes whole within the graceful stop's grace period or gets UNAVAILABLE, promptly, and
+  the next call on the same channel works.
 - unread_streams: streams opened and never read; the front-end's memory stays bounded (HTTP/2 flow
   control holds the producer back) and other clients are still served.
 """
@@ -235,6 +236,9 @@ def frontend_restart(mesh: Mesh, procs: dict[str, Proc], service: str, kill: boo
         ch.close()
     return {"service": service, "signal": "SIGKILL" if kill else "SIGTERM", "streams": streams,
             "all_streaming_before": streaming, "codes": sorted({r.code for r in records}),
+            # a graceful stop lets streams finish within its grace period: those must be whole
+            "ok_streams_complete": all(r.last is not None and r.last.finish_reason for r in records
+                                       if r.code == "OK"),
             "details": sorted({r.details[:80] for r in records}), "error_after_s": error_after_s,
             "serving_again_after_s": back_s, "next_call_ok": next_ok}
 

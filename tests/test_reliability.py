@@ -55,8 +55,10 @@ def test_a_front_end_restarted_mid_stream_fails_cleanly_and_serves_again(stack, 
     mesh, procs = stack
     report = faults.frontend_restart(mesh, procs, service, kill)
     assert report["all_streaming_before"], report
-    assert report["codes"] == ["UNAVAILABLE"], report
-    assert report["error_after_s"] < 10 and report["next_call_ok"] is True, report
+    # SIGTERM drains for up to 5 s (streams that finish by then end OK and whole); SIGKILL cuts at once
+    assert set(report["codes"]) <= ({"UNAVAILABLE"} if kill else {"OK", "UNAVAILABLE"}), report
+    assert report["ok_streams_complete"], report
+    assert report["error_after_s"] < (2 if kill else 8) and report["next_call_ok"] is True, report
 
 
 def test_sigkill_a_worker_holding_jobs_every_stream_completes_exactly_once(stack):
