@@ -7,7 +7,7 @@ template-injection attempts, the model's own special tokens, unknown enum number
 fields, all members of a oneof or none. A second campaign sends raw bytes that may not even parse.
 
 The property: every call ends with OK or a status that blames the request (INVALID_ARGUMENT,
-OUT_OF_RANGE, NOT_FOUND, RESOURCE_EXHAUSTED, FAILED_PRECONDITION), never INTERNAL, UNKNOWN,
+OUT_OF_RANGE, NOT_FOUND, RESOURCE_EXHAUSTED, FAILED_PRECONDITION, ALREADY_EXISTS), never INTERNAL, UNKNOWN,
 DATA_LOSS, UNIMPLEMENTED, UNAVAILABLE or a missed deadline; a stream that ends OK ends with a
 finish reason other than ERROR. Failures are recorded, not raised, so one campaign reports them all.
 """
@@ -29,9 +29,11 @@ SERVICES = {"tokenizer": (tokenizer_pb2, "Tokenizer"), "generation": (generation
             "retrieval": (retrieval_pb2, "Retrieval")}
 
 # the codes a request may earn; anything else is the server's fault
+# (ALREADY_EXISTS: a request_id stays reserved while its job's output is kept, so a fuzzed id that
+# an earlier case used is refused, rightly)
 ALLOWED_CODES = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE,
                  grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                 grpc.StatusCode.FAILED_PRECONDITION}
+                 grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS}
 
 HOSTILE_STRINGS = [
     "", " ", "\x00", "\x00" * 64, "\n" * 200, "\u202e\u200b\ufeff", "\U0001f600" * 50, "é" * 3000,
