@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from harness.faults import outstanding_jobs  # noqa: E402
 from harness.load import LoadClients, ingest_ask_corpus  # noqa: E402
 
 
@@ -50,15 +51,6 @@ def start_stack(workers: int) -> subprocess.Popen:
         if "Ctrl-C stops everything." in line:
             return up
     raise SystemExit(f"meshllm up exited with {up.wait()}")
-
-
-def outstanding_jobs(generation_address: str, api_key: str | None) -> int:
-    """Jobs queued or running after the load ended (every one should have been answered)."""
-    from services.api import generation_pb2, generation_pb2_grpc
-    from services.client import open_channel
-    with open_channel(generation_address, api_key=api_key) as ch:
-        return generation_pb2_grpc.GenerationStub(ch).ModelInfo(generation_pb2.ModelInfoRequest(),
-                                                                timeout=30).queued_jobs
 
 
 def main() -> None:

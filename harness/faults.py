@@ -96,9 +96,10 @@ def pending_jobs_by_worker(redis_url: str, key_prefix: str) -> dict[str, int]:
     return {c["name"].decode(): int(c["pending"]) for c in summary.get("consumers") or []}
 
 
-def outstanding_jobs(generation: Proc) -> int:
-    with open_channel(generation.address) as ch:
-        info = generation_pb2_grpc.GenerationStub(ch).ModelInfo(generation_pb2.ModelInfoRequest(), timeout=10)
+def outstanding_jobs(generation_address: str, api_key: str | None = None) -> int:
+    """Jobs queued or running (every accepted one should end up answered)."""
+    with open_channel(generation_address, api_key=api_key) as ch:
+        info = generation_pb2_grpc.GenerationStub(ch).ModelInfo(generation_pb2.ModelInfoRequest(), timeout=30)
     return info.queued_jobs
 
 
@@ -138,7 +139,7 @@ def worker_sigkill(mesh: Mesh, procs: dict[str, Proc], streams: int = 6, max_new
         "slowest_recovery_s": round(max(r.ended_at for r in records) - killed_at, 2),
         "processes_alive": {n: p.alive for n, p in procs.items() if p is not victim},
         # jobs of earlier scenarios may still be running; none may stay forever
-        "jobs_drained_after": wait_until(lambda: outstanding_jobs(generation) == 0, 120, 0.2),
+        "jobs_drained_after": wait_until(lambda: outstanding_jobs(generation.address) == 0, 120, 0.2),
     }
 
 
@@ -264,7 +265,7 @@ def unread_streams(mesh: Mesh, procs: dict[str, Proc], streams: int = 32, hold_s
     for call in calls:
         call.cancel()
     ch.close()
-    drained = wait_until(lambda: outstanding_jobs(generation) == 0, 60, 0.2)
+    drained = wait_until(lambda: outstanding_jobs(generation.address) == 0, 60, 0.2)
     return {"streams": streams, "hold_s": hold_s, "generation_rss_mb_before": rss_before,
             "generation_rss_mb_while_unread": rss_held,
             "rss_growth_mb": round((rss_held or 0) - (rss_before or 0), 1),

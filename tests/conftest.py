@@ -97,41 +97,15 @@ def redis_client(redis_server):
 
 @pytest.fixture
 def spawn_worker(redis_server, key_prefix):
-    """Start `meshllm worker` processes against the test's key space; stops them afterwards."""
-    import os
-    import subprocess
-    import time
+    """Start `meshllm worker` processes (harness.mesh) against the test's key space; each is the
+    Popen, with `worker_key` once registered. Stopped afterwards."""
+    from harness.mesh import Mesh
+    mesh = Mesh(redis_server.url, key_prefix)
 
-    import redis as redis_lib
-
-    from services.common.keys import Keys
-    processes = []
-
-    def spawn(*extra_args, env_overrides=None, wait=True):
-        env = dict(os.environ, REDIS_URL=redis_server.url, MESHLLM_KEY_PREFIX=key_prefix,
-                   MESHLLM_LOG_FORMAT="text", MESHLLM_HEARTBEAT_MS="300", MESHLLM_CLAIM_IDLE_MS="1500",
-                   MESHLLM_KV_CACHE_MB="128")
-        env.update(env_overrides or {})
-        proc = subprocess.Popen([sys.executable, "-m", "services.cli", "worker", *extra_args], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        processes.append(proc)
-        if wait:
-            client = redis_lib.Redis.from_url(redis_server.url)
-            before = set(client.keys(Keys(key_prefix).workers_pattern))
-            deadline = time.monotonic() + 120
-            while not set(client.keys(Keys(key_prefix).workers_pattern)) - before:
-                assert proc.poll() is None, f"worker exited: {proc.stderr.read()[-2000:]}"
-                assert time.monotonic() < deadline, "worker did not register within 120 s"
-                time.sleep(0.05)
-            proc.worker_key = (set(client.keys(Keys(key_prefix).workers_pattern)) - before).pop().decode()
-        return proc
+    def spawn(wait=True):
+        proc = mesh.worker(wait=wait)
+        proc.process.worker_key = getattr(proc, "worker_key", None)
+        return proc.process
 
     yield spawn
-    for proc in processes:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in processes:
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    mesh.stop()

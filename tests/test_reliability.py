@@ -36,7 +36,7 @@ def test_load_is_served_without_errors_or_lost_jobs(stack):
     summary = stats.summary(load.elapsed_s)
     assert summary["calls"] >= 12 and not stats.errors(), summary
     assert summary["hung_calls"] == 0 and summary["generated_tokens"] > 0
-    assert faults.wait_until(lambda: faults.outstanding_jobs(procs["generation"]) == 0, 30, 0.2)
+    assert faults.wait_until(lambda: faults.outstanding_jobs(procs["generation"].address) == 0, 30, 0.2)
     for proc in procs.values():
         mesh.check(proc)
 

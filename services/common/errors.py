@@ -63,53 +63,48 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error (incident {incident})"
 
 
+class _CallBoundary:
+    """Around one servicer call: every exception becomes a status (status_for), and the call is
+    counted and timed by method and code. Shared by unary and streaming methods."""
+
+    def __init__(self, service: str, method: str, context):
+        self.service, self.method, self.context = service, method, context
+
+    async def __aenter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> bool:
+        code = grpc.StatusCode.OK
+        try:
+            if isinstance(exc, asyncio.CancelledError):
+                code = grpc.StatusCode.CANCELLED
+            elif isinstance(exc, grpc.aio.AbortError):       # the method aborted with its own status
+                code = self.context.code() or grpc.StatusCode.UNKNOWN
+            elif isinstance(exc, Exception):                 # the boundary
+                code, message = status_for(exc)
+                await self.context.abort(code, message)
+            return False
+        finally:
+            METRICS.observe_request(self.service, self.method, code, time.perf_counter() - self.start)
+
+
 def unary(service: str):
     def decorate(method):
-        name = method.__name__
-
         @functools.wraps(method)
         async def wrapper(self, request, context):
-            start = time.perf_counter()
-            code = grpc.StatusCode.OK
-            try:
+            async with _CallBoundary(service, method.__name__, context):
                 return await method(self, request, context)
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except grpc.aio.AbortError:                      # the method aborted with its own status
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except Exception as e:                           # noqa: BLE001 - the boundary
-                code, message = status_for(e)
-                await context.abort(code, message)
-            finally:
-                METRICS.observe_request(service, name, code, time.perf_counter() - start)
         return wrapper
     return decorate
 
 
 def streaming(service: str):
     def decorate(method):
-        name = method.__name__
-
         @functools.wraps(method)
         async def wrapper(self, request, context):
-            start = time.perf_counter()
-            code = grpc.StatusCode.OK
-            try:
+            async with _CallBoundary(service, method.__name__, context):
                 async for item in method(self, request, context):
                     yield item
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except grpc.aio.AbortError:                      # the method aborted with its own status
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except Exception as e:                           # noqa: BLE001 - the boundary
-                code, message = status_for(e)
-                await context.abort(code, message)
-            finally:
-                METRICS.observe_request(service, name, code, time.perf_counter() - start)
         return wrapper
     return decorate
-
