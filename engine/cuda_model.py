@@ -18,12 +18,14 @@ from numba import cuda
 
 from .gguf_file import GGUFError, GGUFFile
 from .kernels.cuda.attention import copy_block_in, copy_block_out, query_tiles
+from .kernels.cuda.dequant import SUPPORTED as CUDA_TYPES
 from .kernels.cuda.launch import MAX_HEAD_DIM
 from .kernels.cuda.llama import Workspace, decoder_stack, output_logits
 from .kernels.cuda.ops import embed, fill, rope_tables
 from .kernels.cuda.sampling import sample
 from .model import ForwardBatch, LlamaModel
 from .model_config import ModelConfig
+from .quants import quant_type
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,11 @@ class CudaLlamaModel:
         if int8_activations:
             log.warning("int8 activations (--fast) are a CPU mode: the CUDA backend computes in float32")
         host = LlamaModel(gguf)                       # validates shapes and types; views, no copies
+        types = {host.embedding.ggml_type, host.head.ggml_type, *(int(t) for t in host.layer_types.ravel())}
+        lacking = sorted(types - set(CUDA_TYPES))
+        if lacking:                                   # the CPU kernels have more types than the CUDA ones
+            names = ", ".join(quant_type(t).name for t in lacking)
+            raise GGUFError(f"tensor type {names} has no CUDA kernel yet: run this model with --device cpu")
         self.gguf = gguf
         self.int8_activations = False
         self.config = cfg = host.config

@@ -11,6 +11,9 @@ Layouts (bytes, little endian; "f16" is an IEEE half):
   Q4_0  32 weights in 18 B:  d:f16 | qs:u8[16]                 w = d*(nibble-8)
   Q4_1  32 weights in 20 B:  d:f16 | m:f16 | qs:u8[16]         w = d*nibble + m
         (weight j < 16 is the low nibble of qs[j], weight j >= 16 the high nibble of qs[j-16])
+  Q5_0  32 weights in 22 B:  d:f16 | qh:u8[4] | qs:u8[16]      w = d*(q-16)
+  Q5_1  32 weights in 24 B:  d:f16 | m:f16 | qh:u8[4] | qs:u8[16]   w = d*q + m
+        q = nibble (as Q4_0) | bit j of qh (a little-endian u32) << 4
   Q4_K  256 weights in 144 B: d:f16 | dmin:f16 | scales:u8[12] | qs:u8[128]
         8 sub-blocks of 32, each with a 6-bit scale and a 6-bit min packed in `scales`;
         qs[32c:32c+32] holds sub-block 2c in its low nibbles and 2c+1 in its high nibbles.
@@ -80,11 +83,31 @@ class Q4_0(QuantType):
         return d * q.astype(np.float32)
 
 
+def _high_bits(qh: np.ndarray) -> np.ndarray:
+    """(n, 4) bytes of a little-endian u32 -> (n, 32) uint8: bit j, shifted to 16 (the fifth bit)."""
+    return np.unpackbits(qh, axis=1, bitorder="little") << np.uint8(4)
+
+
 class Q4_1(QuantType):
     def dequantize_blocks(self, blocks):
         d = _f16(blocks[:, 0:2])
         m = _f16(blocks[:, 2:4])
         q = _nibbles(blocks[:, 4:20]).astype(np.float32)
+        return d * q + m
+
+
+class Q5_0(QuantType):
+    def dequantize_blocks(self, blocks):
+        d = _f16(blocks[:, 0:2])
+        q = (_nibbles(blocks[:, 6:22]) | _high_bits(blocks[:, 2:6])).astype(np.int8) - np.int8(16)
+        return d * q.astype(np.float32)
+
+
+class Q5_1(QuantType):
+    def dequantize_blocks(self, blocks):
+        d = _f16(blocks[:, 0:2])
+        m = _f16(blocks[:, 2:4])
+        q = (_nibbles(blocks[:, 8:24]) | _high_bits(blocks[:, 4:8])).astype(np.float32)
         return d * q + m
 
 
@@ -141,6 +164,8 @@ QUANT_TYPES: dict[int, QuantType] = {
         Q8_0("Q8_0", int(GGMLType.Q8_0), 32, 34),
         Q4_0("Q4_0", int(GGMLType.Q4_0), 32, 18),
         Q4_1("Q4_1", int(GGMLType.Q4_1), 32, 20),
+        Q5_0("Q5_0", int(GGMLType.Q5_0), 32, 22),
+        Q5_1("Q5_1", int(GGMLType.Q5_1), 32, 24),
         Q4_K("Q4_K", int(GGMLType.Q4_K), 256, 144),
         Q6_K("Q6_K", int(GGMLType.Q6_K), 256, 210),
     )

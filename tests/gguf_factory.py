@@ -1,8 +1,9 @@
 """Random data in GGML blocks, and tiny random Llama models written as real GGUF files.
 
-Block bytes are random except the f16 scale fields, which get small finite values, so every
-weight is a finite number of realistic size. K-quant blocks are written this way too (gguf-py has
-no K-quant quantizer); the reference dequantizers then say what the weights are.
+Types gguf-py can quantize (GGUF_QUANTIZED) are gguf.quants.quantize of random weights. The others
+are random bytes except the f16 scale fields, which get small finite values, so every weight is a
+finite number of realistic size (gguf-py has no K-quant quantizer); the reference dequantizers
+then say what the weights are.
 """
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ import numpy as np
 from engine.quants import QUANT_TYPES, quant_type
 
 # byte offsets of the f16 scale fields inside one block
-_SCALE_FIELDS = {"Q8_0": (0,), "Q4_0": (0,), "Q4_1": (0, 2), "Q4_K": (0, 2), "Q6_K": (208,)}
+_SCALE_FIELDS = {"Q8_0": (0,), "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q4_K": (0, 2),
+                 "Q6_K": (208,)}
+_WITH_MIN = {"Q4_1": 16, "Q5_1": 32}           # w = d*q + m, q in 0..levels-1
+GGUF_QUANTIZED = ("Q5_0", "Q5_1")
 
 
 def random_blocks(ggml_type: int, rows: int, cols: int, rng: np.random.Generator, scale: float = 0.05) -> np.ndarray:
@@ -24,17 +28,28 @@ def random_blocks(ggml_type: int, rows: int, cols: int, rng: np.random.Generator
         return (rng.standard_normal((rows, cols)) * scale * 4).astype(np.float32).view(np.uint8)
     if qt.name == "F16":
         return (rng.standard_normal((rows, cols)) * scale * 4).astype(np.float16).view(np.uint8)
+    if qt.name in GGUF_QUANTIZED:             # spread like the random-byte types' weights
+        weights = (rng.standard_normal((rows, cols)) * scale * 2).astype(np.float32)
+        return gguf.quants.quantize(weights, gguf.GGMLQuantizationType(ggml_type))
+    return random_block_bytes(ggml_type, rows, cols, rng, scale)
+
+
+def random_block_bytes(ggml_type: int, rows: int, cols: int, rng: np.random.Generator,
+                       scale: float = 0.05) -> np.ndarray:
+    """(rows, row_bytes) uint8 of random bytes but for sane f16 scales: every bit pattern of the
+    quantized values occurs, which a quantizer's output need not contain."""
+    qt = quant_type(ggml_type)
     data = rng.integers(0, 256, (rows, qt.row_bytes(cols)), dtype=np.uint8)
     blocks = data.reshape(-1, qt.type_size)
     for offset in _SCALE_FIELDS[qt.name]:
         values = rng.uniform(-scale, scale, (blocks.shape[0], 1)).astype(np.float16)
-        if offset == 0 and qt.name != "Q4_1":
+        if offset == 0 and qt.name not in _WITH_MIN:
             values = np.abs(values)
         blocks[:, offset:offset + 2] = values.view(np.uint8)
-    if qt.name == "Q4_1":                         # w = d*q + m: centre the weights around 0
+    if qt.name in _WITH_MIN:                      # w = d*q + m: centre the weights around 0
         d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)
         blocks[:, 0:2] = np.abs(d).astype(np.float16).view(np.uint8)
-        blocks[:, 2:4] = (-7.5 * np.abs(d)).astype(np.float16).view(np.uint8)
+        blocks[:, 2:4] = (-(_WITH_MIN[qt.name] - 1) / 2 * np.abs(d)).astype(np.float16).view(np.uint8)
     return data
 
 

@@ -10,7 +10,7 @@ import pytest
 from numba import cuda
 from numba import types as T
 
-from engine.kernels.ggml_types import SUPPORTED_TYPES
+from engine.kernels.cuda.dequant import SUPPORTED as CUDA_TYPES
 
 
 def _nvvm_available() -> bool:
@@ -36,7 +36,7 @@ def _kernels():
     def a(dt, nd):
         return T.Array(dt, nd, "C")
     cases = []
-    for t in SUPPORTED_TYPES:
+    for t in CUDA_TYPES:
         for tpp in (1, M.TOKENS_PER_PASS):
             for acc in (False, True):
                 cases.append((f"matmul-{t}-{tpp}-{acc}", M._build(t, tpp, acc), (a(u8, 2), a(f32, 2), a(f32, 2))))

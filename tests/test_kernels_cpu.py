@@ -74,13 +74,18 @@ def test_matmul_int8_activations_is_exactly_w_dot_quantized_x(ggml_type, tokens,
     assert np.abs(out - exact).max() < 0.02 * np.abs(exact).max()     # and close to the exact product
 
 
-@pytest.mark.parametrize("ggml_type", [0, 1], ids=["F32", "F16"])
-def test_int8_mode_keeps_float_weights_exact(ggml_type, rng):
+FLOAT_FALLBACK = [t for t in TYPES if t not in INT8_ACTIVATION_TYPES]
+
+
+@pytest.mark.parametrize("ggml_type", FLOAT_FALLBACK, ids=[QUANT_TYPES[t].name for t in FLOAT_FALLBACK])
+def test_int8_mode_computes_types_without_int8_kernel_in_float(ggml_type, rng):
+    """Float weights, and any type without an int8 kernel, take the exact float32 path."""
     w = random_blocks(ggml_type, 8, 256, rng)
     x = activations(rng, 1, 256)
     out = np.empty((1, 8), np.float32)
     matmul(w, ggml_type, x, out, True)
-    np.testing.assert_allclose(out, R.matmul(w, ggml_type, x), rtol=1e-5, atol=1e-5)
+    ref = R.matmul(w, ggml_type, x)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-6 * np.abs(ref).max())
 
 
 def test_rms_norm(rng):
@@ -120,7 +125,7 @@ def test_silu_mul_and_add(rng):
     np.testing.assert_array_equal(x, up + gate)
 
 
-@pytest.mark.parametrize("ggml_type", [8, 3, 0], ids=["Q8_0", "Q4_1", "F32"])
+@pytest.mark.parametrize("ggml_type", [8, 3, 6, 0], ids=["Q8_0", "Q4_1", "Q5_0", "F32"])
 def test_embedding_rows(ggml_type, rng):
     table = random_blocks(ggml_type, 50, 256, rng)
     ids = np.array([0, 49, 7, 7], np.int32)

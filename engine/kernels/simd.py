@@ -225,6 +225,24 @@ def load_f32(typingctx, arr, idx):
     return types.float32(arr, idx), codegen
 
 
+@intrinsic
+def load_bits16(typingctx, arr, idx, first, value):
+    """Sixteen bits of the little-endian u32 at byte idx of a uint8 array as i32 lanes: lane i =
+    value where bit first+i is set, else 0 (the fifth bits of a Q5_0/Q5_1 block, 16 at a time).
+    A broadcast, a test against one bit per lane and a select: no per-lane shifts."""
+    _check_bytes(arr)
+
+    def codegen(context, builder, sig, args):
+        word = _splat(builder, _load_word(context, builder, sig, args, 0), _VI)
+        first_bit = _splat(builder, context.cast(builder, args[2], sig.args[2], types.int32), _VI)
+        lane_bit = builder.shl(ir.Constant(_VI, [1] * LANES),
+                               builder.add(first_bit, ir.Constant(_VI, list(range(LANES)))))
+        is_set = builder.icmp_unsigned("!=", builder.and_(word, lane_bit), ir.Constant(_VI, [0] * LANES))
+        lane_value = _splat(builder, context.cast(builder, args[3], sig.args[3], types.int32), _VI)
+        return builder.select(is_set, lane_value, ir.Constant(_VI, [0] * LANES))
+    return i32x16(arr, idx, first, value), codegen
+
+
 # --------------------------------------------------------------------------- float arithmetic
 
 
@@ -403,7 +421,7 @@ def itof(typingctx, v):
 
 __all__ = [
     "LANES", "f32x16", "i32x16", "vzero", "vsplat", "vload", "vstore", "load_u8x16", "load_i8x16",
-    "load_f16x16", "load_f16", "load_f16_tail", "load_f16_pair", "load_f32", "vadd", "vsub", "vmul",
+    "load_f16x16", "load_f16", "load_f16_tail", "load_f16_pair", "load_f32", "load_bits16", "vadd", "vsub", "vmul",
     "vdiv", "vfma",
     "vmax", "vabs", "vcopysign", "hsum", "store_hsum4", "hmax",
     "vexp", "iand", "ishr", "ishl", "isub", "ior", "itof",

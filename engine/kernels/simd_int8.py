@@ -18,7 +18,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, models, register_model
 
-from .simd import _element_pointer, _intrinsic_fn, _splat
+from .simd import _element_pointer, _intrinsic_fn, _load_word, _splat
 
 _I8 = ir.IntType(8)
 _I32 = ir.IntType(32)
@@ -81,6 +81,22 @@ def load_nibbles(typingctx, arr, idx):
         hi = builder.lshr(raw, ir.Constant(_VB16, [4] * 16))
         return builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(_I32, 32), list(range(32))))
     return u8x32(arr, idx), codegen
+
+
+@intrinsic
+def load_bits32(typingctx, arr, idx, value):
+    """The 32 bits of the little-endian u32 at byte idx as bytes: byte i = value where bit i is set,
+    else 0 (the fifth bits of a Q5_0/Q5_1 block; llama.cpp's bytes_from_bits_32)."""
+    _check_array(arr)
+
+    def codegen(context, builder, sig, args):
+        word = builder.bitcast(_load_word(context, builder, sig, args, 0), ir.VectorType(_I8, 4))
+        spread = builder.shuffle_vector(word, word, ir.Constant(ir.VectorType(_I32, 32), [i // 8 for i in range(32)]))
+        is_set = builder.icmp_unsigned("!=", builder.and_(spread, ir.Constant(_VB, [1 << (i % 8) for i in range(32)])),
+                                       ir.Constant(_VB, [0] * 32))
+        byte_value = _splat(builder, context.cast(builder, args[2], sig.args[2], types.uint8), _VB)
+        return builder.select(is_set, byte_value, ir.Constant(_VB, [0] * 32))
+    return u8x32(arr, idx, value), codegen
 
 
 def _byte_scalar_op(op):
@@ -194,6 +210,6 @@ def hsum8(typingctx, a):
     return types.float32(f32x8), codegen
 
 
-__all__ = ["HAS_AVX512_VNNI", "HAS_AVX_VNNI", "u8x32", "i32x8", "f32x8", "load_u8x32", "load_nibbles", "band",
-           "bshr", "bshl", "bxor", "bor", "dpbusd", "izero8", "itof8", "vzero8", "vsplat8", "vsplat8x2", "vfma8",
-           "vmul8", "vadd8", "hsum8"]
+__all__ = ["HAS_AVX512_VNNI", "HAS_AVX_VNNI", "u8x32", "i32x8", "f32x8", "load_u8x32", "load_nibbles", "load_bits32",
+           "band", "bshr", "bshl", "bxor", "bor", "dpbusd", "izero8", "itof8", "vzero8", "vsplat8", "vsplat8x2",
+           "vfma8", "vmul8", "vadd8", "hsum8"]

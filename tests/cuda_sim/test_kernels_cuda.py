@@ -7,12 +7,13 @@ from numba import cuda
 
 from engine.kernels import reference as R
 from engine.kernels.cuda.attention import paged_attention, prefill_attention, query_tiles, write_kv
+from engine.kernels.cuda.dequant import SUPPORTED as CUDA_TYPES
 from engine.kernels.cuda.dequant import dequantize_row
 from engine.kernels.cuda.matmul import matmul, matmul_add
 from engine.kernels.cuda.ops import add_inplace, embed, gather_rows, rms_norm, rope, rope_tables, silu_mul
 from engine.quants import QUANT_TYPES, dequantize
 
-TYPES = sorted(QUANT_TYPES)
+TYPES = sorted(CUDA_TYPES)                      # the CPU kernels have more (engine.kernels.ggml_types)
 NAMES = [QUANT_TYPES[t].name for t in TYPES]
 
 

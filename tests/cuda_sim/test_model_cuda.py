@@ -6,6 +6,7 @@ import pytest
 from gguf_factory import write_tiny_llama
 
 from engine.cuda_model import CudaLlamaModel
+from engine.gguf_file import GGUFError
 from engine.model import ForwardBatch, LlamaModel
 
 BLOCK = 16
@@ -93,3 +94,10 @@ def test_engine_on_cuda_generates_the_cpu_tokens(models, monkeypatch):
         assert [e.token_id for e in outputs["cuda"][rid]] == [e.token_id for e in outputs["cpu"][rid]]
     np.testing.assert_allclose([e.logprob for e in outputs["cuda"]["greedy"]],
                                [e.logprob for e in outputs["cpu"]["greedy"]], atol=1e-4)
+
+
+def test_a_type_without_cuda_kernel_is_a_clear_error(tmp_path):
+    """Q5_0 has CPU kernels only: loading it on the CUDA backend says so, rather than misreading it."""
+    path = write_tiny_llama(tmp_path / "q5_0.gguf", vocab=300, hidden=64, ffn=128, matrix_type="Q5_0")
+    with pytest.raises(GGUFError, match="Q5_0 has no CUDA kernel"):
+        CudaLlamaModel.load(path)

@@ -6,7 +6,7 @@ dequantize_row is bit-exact with engine.quants: the same float operations in the
 import numpy as np
 from numba import njit
 
-from ..ggml_types import F16, Q4_0, Q4_1, Q4_K, Q6_K, Q8_0
+from ..ggml_types import F16, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q6_K, Q8_0
 from ..simd import (
     iand,
     ior,
@@ -14,6 +14,7 @@ from ..simd import (
     ishr,
     isub,
     itof,
+    load_bits16,
     load_f16,
     load_f16_tail,
     load_f16x16,
@@ -54,6 +55,14 @@ def q6_k_lanes(row, o, half, chunk):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def q5_lanes(row, o, size):
+    """The 5-bit values (0..31) of the Q5_0/Q5_1 block at byte o (size 22 or 24): weights 0..15, 16..31."""
+    q = load_u8x16(row, o + size - 16)
+    qh = o + size - 20
+    return ior(iand(q, 15), load_bits16(row, qh, 0, 16)), ior(ishr(q, 4), load_bits16(row, qh, 16, 16))
+
+
+@njit(cache=True, nogil=True, inline="always")
 def signed_byte(byte):
     return np.int32(byte) - 256 if byte > 127 else np.int32(byte)
 
@@ -75,6 +84,19 @@ def dequantize_row(ggml_type, row, out):
             else:
                 vstore(out, b * 32, vmul(d, itof(isub(iand(q, 15), 8))))
                 vstore(out, b * 32 + 16, vmul(d, itof(isub(ishr(q, 4), 8))))
+    elif ggml_type == Q5_0 or ggml_type == Q5_1:
+        size = 24 if ggml_type == Q5_1 else 22
+        for b in range(K // 32):
+            o = b * size
+            lo, hi = q5_lanes(row, o, size)
+            d = vsplat(load_f16(row, o))
+            if ggml_type == Q5_1:
+                m = vsplat(load_f16(row, o + 2))
+                vstore(out, b * 32, vadd(vmul(d, itof(lo)), m))
+                vstore(out, b * 32 + 16, vadd(vmul(d, itof(hi)), m))
+            else:
+                vstore(out, b * 32, vmul(d, itof(isub(lo, 16))))
+                vstore(out, b * 32 + 16, vmul(d, itof(isub(hi, 16))))
     elif ggml_type == Q8_0:
         for b in range(K // 32):
             o = b * 34

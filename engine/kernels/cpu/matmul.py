@@ -12,23 +12,17 @@ Three paths, chosen by the number of tokens T:
 import numpy as np
 from numba import njit
 
-from ..ggml_types import Q4_0, Q4_1, Q4_K, Q6_K, Q8_0
 from .matmul_f32 import block_sums, matmul_rows_f32, matmul_tiles_f32
-from .matmul_q8 import matmul_q8, quantize_rows
+from .matmul_q8 import has_int8_kernel, matmul_q8, quantize_rows
 
 GEMM_MIN_TOKENS = 4
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _has_q8_kernel(ggml_type):
-    return ggml_type == Q4_0 or ggml_type == Q4_1 or ggml_type == Q8_0 or ggml_type == Q4_K or ggml_type == Q6_K
 
 
 @njit(cache=True, nogil=True)
 def matmul(w, ggml_type, x, out, int8_activations):
     """out (T, N) f32 = x (T, K) f32 @ W^T for W = w (N, row_bytes) u8 in GGML type ggml_type."""
     T, K = x.shape
-    if T < GEMM_MIN_TOKENS and int8_activations and _has_q8_kernel(ggml_type):
+    if T < GEMM_MIN_TOKENS and int8_activations and has_int8_kernel(ggml_type):
         qx = np.empty((T, K), np.int8)
         dx = np.empty((T, K // 16), np.float32)
         xqsum16 = np.empty((T, K // 16), np.float32)

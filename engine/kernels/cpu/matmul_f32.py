@@ -11,11 +11,12 @@ float rounding.
 import numpy as np
 from numba import njit, prange
 
-from ..ggml_types import F16, Q4_0, Q4_1, Q4_K, Q6_K, Q8_0
+from ..ggml_types import F16, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q6_K, Q8_0
 from ..simd import (
     hsum,
     iand,
     ishr,
+    isub,
     itof,
     load_f16,
     load_f16_pair,
@@ -32,7 +33,7 @@ from ..simd import (
     vsplat,
     vzero,
 )
-from .dequant import dequantize_row, q4_k_scale_min, q6_k_lanes, signed_byte
+from .dequant import dequantize_row, q4_k_scale_min, q5_lanes, q6_k_lanes, signed_byte
 
 _ROW_TILE = 4
 _CHUNKS = 32          # parallel chunks of a batch product: a few per thread, each with its own scratch
@@ -82,6 +83,45 @@ def dot_q4_1(row, x, xsum):
     if nblk % 2:
         acc0, mins0 = _q4_1_block(row, nblk - 1, x, xsum, acc0, mins0)
     return hsum(vadd(acc0, acc1)) + mins0 + mins1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _q5_0_block(row, b, x, acc):
+    o = b * 22
+    k = b * 32
+    lo, hi = q5_lanes(row, o, 22)
+    s = vmul(itof(isub(lo, 16)), vload(x, k))          # the offset inside the lanes: no xsum
+    s = vfma(itof(isub(hi, 16)), vload(x, k + 16), s)
+    return vfma(vsplat(load_f16(row, o)), s, acc)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def dot_q5_0(row, x, xsum):
+    acc0 = vzero()
+    acc1 = vzero()                                     # two chains hide the FMA latency
+    nblk = x.shape[0] // 32
+    for b in range(0, nblk - 1, 2):
+        acc0 = _q5_0_block(row, b, x, acc0)
+        acc1 = _q5_0_block(row, b + 1, x, acc1)
+    if nblk % 2:
+        acc0 = _q5_0_block(row, nblk - 1, x, acc0)
+    return hsum(vadd(acc0, acc1))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def dot_q5_1(row, x, xsum):
+    acc = vzero()
+    mins = _f32(0.0)
+    for b in range(x.shape[0] // 32):
+        o = b * 24
+        k = b * 32
+        lo, hi = q5_lanes(row, o, 24)
+        s = vmul(itof(lo), vload(x, k))
+        s = vfma(itof(hi), vload(x, k + 16), s)
+        d, m = load_f16_pair(row, o)
+        acc = vfma(vsplat(d), s, acc)
+        mins += m * load_f32(xsum, b)
+    return hsum(acc) + mins
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -159,6 +199,8 @@ def dot_f32(row, x, xsum):
 def dot_row(ggml_type, row, x, xsum):
     if ggml_type == Q4_1:
         return dot_q4_1(row, x, xsum)
+    if ggml_type == Q5_0:
+        return dot_q5_0(row, x, xsum)
     if ggml_type == Q8_0:
         return dot_q8_0(row, x, xsum)
     if ggml_type == Q4_K:
@@ -167,6 +209,8 @@ def dot_row(ggml_type, row, x, xsum):
         return dot_q6_k(row, x, xsum)
     if ggml_type == Q4_0:
         return dot_q4_0(row, x, xsum)
+    if ggml_type == Q5_1:
+        return dot_q5_1(row, x, xsum)
     if ggml_type == F16:
         return dot_f16(row, x, xsum)
     return dot_f32(row, x, xsum)

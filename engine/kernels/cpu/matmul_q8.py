@@ -7,10 +7,11 @@ the integer products come out as two 16-lane halves anyway (dpbusd lanes 0-3 and
 A 32-weight block contributes, with dxv = the two dx of its halves,
     d_w * dxv * (q . qx)           integer products of unsigned q with signed qx (dpbusd)
 and a scalar offset term, with sum(xq) the sum of the dequantized qx:
-    Q4_1  + m * sum(xq)             Q4_K  - dmin * min * sum(xq)
+    Q4_1, Q5_1  + m * sum(xq)       Q4_K  - dmin * min * sum(xq)
     Q4_0  - 8 d * sum(xq)           Q6_K  - 32 d * scale * sum(xq)       Q8_0  - 128 d * sum(xq)
+    Q5_0  - 16 d * sum(xq)
 So every block computes exactly w . xq, the true weights times the quantized activations (signed
-weights go in as unsigned: nibble, 6 bits, int8 + 128). Using the exact sum(x) in the offsets
+weights go in as unsigned: nibble, 5 bits, 6 bits, int8 + 128). Using the exact sum(x) in the offsets
 would look more precise and is not: the error would become d * q . (xq - x) over uncentred q
 instead of w . (xq - x) over the centred weights, about twice as large on real activations.
 
@@ -20,7 +21,7 @@ instead of w . (xq - x) over the centred weights, about twice as large on real a
 import numpy as np
 from numba import literally, njit, prange
 
-from ..ggml_types import Q4_0, Q4_1, Q4_K, Q6_K, Q8_0
+from ..ggml_types import Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q6_K, Q8_0
 from ..simd import load_f16, load_f16_pair, load_f16_tail, load_f32
 from ..simd_int8 import (
     band,
@@ -32,6 +33,7 @@ from ..simd_int8 import (
     hsum8,
     itof8,
     izero8,
+    load_bits32,
     load_nibbles,
     load_u8x32,
     vadd8,
@@ -89,6 +91,24 @@ def _q4_0(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _q5_0(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
+    o = b * 22
+    d = load_f16(row, o)
+    q = bor(load_nibbles(row, o + 6), load_bits32(row, o + 2, 16))        # 5 bits: the value + 16
+    p = itof8(dpbusd(izero8(), q, xq))
+    return vfma8(vmul8(p, dxv), vsplat8(d), acc), offset - _f32(16.0) * d * (xqs_lo + xqs_hi)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _q5_1(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
+    o = b * 24
+    d, m = load_f16_pair(row, o)
+    q = bor(load_nibbles(row, o + 8), load_bits32(row, o + 4, 16))
+    p = itof8(dpbusd(izero8(), q, xq))
+    return vfma8(vmul8(p, dxv), vsplat8(d), acc), offset + m * (xqs_lo + xqs_hi)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _q8_0(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
     o = b * 34
     d = load_f16(row, o)
@@ -133,6 +153,10 @@ def _q6_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
 def _block(ggml_type, row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
     if ggml_type == Q4_1:
         return _q4_1(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
+    if ggml_type == Q5_0:
+        return _q5_0(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
+    if ggml_type == Q5_1:
+        return _q5_1(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
     if ggml_type == Q8_0:
         return _q8_0(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
     if ggml_type == Q4_K:
@@ -171,10 +195,21 @@ def _row_dot(ggml_type, row, qx, dx, xqsum16):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def has_int8_kernel(ggml_type):
+    """ggml_type in INT8_ACTIVATION_TYPES: row_dot_q8 has a kernel for it."""
+    return (ggml_type == Q4_0 or ggml_type == Q4_1 or ggml_type == Q5_0 or ggml_type == Q5_1 or ggml_type == Q8_0
+            or ggml_type == Q4_K or ggml_type == Q6_K)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def row_dot_q8(ggml_type, row, qx, dx, xqsum16):
     """row . x with the type chosen at run time (one test per row, not per block)."""
     if ggml_type == Q4_1:
         return _row_dot(Q4_1, row, qx, dx, xqsum16)
+    if ggml_type == Q5_0:
+        return _row_dot(Q5_0, row, qx, dx, xqsum16)
+    if ggml_type == Q5_1:
+        return _row_dot(Q5_1, row, qx, dx, xqsum16)
     if ggml_type == Q8_0:
         return _row_dot(Q8_0, row, qx, dx, xqsum16)
     if ggml_type == Q4_K:

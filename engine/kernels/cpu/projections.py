@@ -12,15 +12,9 @@ Batch-sized steps go through matmul (its GEMM path) matrix by matrix.
 import numpy as np
 from numba import njit, prange
 
-from ..ggml_types import Q4_0, Q4_1, Q4_K, Q6_K, Q8_0
 from .matmul import GEMM_MIN_TOKENS, matmul
 from .matmul_f32 import block_sums, dot_row
-from .matmul_q8 import quantize_rows, row_dot_q8
-
-
-@njit(cache=True, nogil=True, inline="always")
-def has_int8_kernel(ggml_type):
-    return ggml_type == Q4_0 or ggml_type == Q4_1 or ggml_type == Q8_0 or ggml_type == Q4_K or ggml_type == Q6_K
+from .matmul_q8 import has_int8_kernel, quantize_rows, row_dot_q8
 
 
 @njit(cache=True, nogil=True, inline="always")
