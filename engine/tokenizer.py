@@ -14,8 +14,10 @@ without ever splitting a UTF-8 sequence (see detokenizer.py).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
+import numpy as np
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
@@ -29,6 +31,8 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 _GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 _LLAMA3_SPLIT = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
                  r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# llama.cpp's LLAMA_VOCAB_PRE_TYPE_QWEN2: Llama 3's split with digits one by one
+_QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
 
 # Token texts that end a turn or a document in common chat formats (llama.cpp marks the same).
 _END_OF_GENERATION_TEXTS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "<|eom_id|>",
@@ -54,6 +58,9 @@ def _pre_tokenizer(pre: str):
     if pre in ("llama-bpe", "llama3", "smaug-bpe"):
         split = pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated")
         return pre_tokenizers.Sequence([split, byte_level])
+    if pre in ("qwen2", "deepseek-r1-qwen"):
+        split = pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated")
+        return pre_tokenizers.Sequence([split, byte_level])
     split = pre_tokenizers.Split(Regex(_GPT2_SPLIT), behavior="isolated")
     if pre == "smollm":
         return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), split, byte_level])
@@ -73,7 +80,7 @@ class SpecialTokens:
 class Tokenizer:
     def __init__(self, hf: HFTokenizer, pieces: list[str], token_types: list[int],
                  token_bytes: list[bytes], special: SpecialTokens, chat_template: str | None,
-                 add_space_prefix: bool):
+                 add_space_prefix: bool, model_name: str = ""):
         self._hf = hf
         self.pieces = pieces
         self.token_types = token_types
@@ -81,6 +88,7 @@ class Tokenizer:
         self.special = special
         self.chat_template = chat_template
         self.add_space_prefix = add_space_prefix
+        self.model_name = model_name        # the file's name without .gguf, for messages
         self.special_ids = frozenset(i for i, t in enumerate(token_types) if t == CONTROL)
 
     @property
@@ -114,7 +122,7 @@ class Tokenizer:
             add_space_prefix = False        # byte-level BPE carries spaces in its tokens
         elif model == "llama":
             scores = md.get("tokenizer.ggml.scores")
-            merges = _merges_from_scores(pieces, scores, types)
+            merges = _merges_from_scores(pieces, scores, types, vocab)
             unk_id = md.get("tokenizer.ggml.unknown_token_id", 0)
             bpe = models.BPE(vocab=vocab, merges=merges, unk_token=pieces[unk_id], byte_fallback=True,
                              fuse_unk=True)
@@ -146,7 +154,7 @@ class Tokenizer:
         special = SpecialTokens(bos, eos, frozenset(end_ids),
                                 bool(md.get("tokenizer.ggml.add_bos_token", model == "llama")))
         return cls(hf, list(pieces), types, token_bytes, special, md.get("tokenizer.chat_template"),
-                   add_space_prefix)
+                   add_space_prefix, model_name=os.path.splitext(os.path.basename(gguf.path))[0])
 
     # ---------------------------------------------------------------- use
 
@@ -193,18 +201,26 @@ def _spm_piece_bytes(piece: str, token_type: int) -> bytes:
     return piece.replace("▁", " ").encode()
 
 
-def _merges_from_scores(pieces, scores, types) -> list[tuple[str, str]]:
-    """SentencePiece BPE merges: every split of a vocabulary piece into two pieces, best score first."""
+def _merges_from_scores(pieces, scores, types, vocab) -> list[tuple[str, str]]:
+    """SentencePiece BPE merges: every split of a normal piece into two vocabulary pieces, pieces
+    with the best score first (llama.cpp merges the adjacent pair whose join scores best).
+
+    This runs at every load (Gemma 3: 262k pieces, 513k merges), so the order comes from one numpy
+    argsort rather than sorting a tuple per merge. Splits of one piece keep their cut order: they
+    all make the same piece, so which one BPE tries first does not change its output.
+    """
     if scores is None:
         raise GGUFError("a SentencePiece ('llama') vocabulary needs tokenizer.ggml.scores")
-    vocab = {p: i for i, p in enumerate(pieces)}
-    ranked = []
-    for i, piece in enumerate(pieces):
+    by_score = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable").tolist()
+    merges = []
+    for i in by_score:
+        piece = pieces[i]
         if types[i] != NORMAL or len(piece) < 2:
             continue
         for cut in range(1, len(piece)):
-            left, right = piece[:cut], piece[cut:]
-            if left in vocab and right in vocab:
-                ranked.append((-float(scores[i]), vocab[left], vocab[right], left, right))
-    ranked.sort()
-    return [(left, right) for _, _, _, left, right in ranked]
+            left = piece[:cut]
+            if left in vocab:
+                right = piece[cut:]
+                if right in vocab:
+                    merges.append((left, right))
+    return merges
