@@ -18,11 +18,7 @@ class LLM:
     def __init__(self, model: LlamaModel, tokenizer: Tokenizer):
         self.model = model
         self.tokenizer = tokenizer
-        special = tokenizer.special
-
-        def piece(token_id):
-            return tokenizer.pieces[token_id] if token_id is not None else ""
-        self.chat_template = ChatTemplate(tokenizer.chat_template, piece(special.bos_id), piece(special.eos_id))
+        self.chat_template = ChatTemplate.of_tokenizer(tokenizer)
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, int8_activations: bool = False, device: str = "cpu") -> LLM:
@@ -40,12 +36,19 @@ class LLM:
         """Prompt ids for plain text: BOS only if the model's metadata asks for it."""
         return self.tokenizer.encode(text)
 
-    def chat_prompt(self, messages: Sequence[ChatMessage | dict], add_generation_prompt: bool = True) -> str:
-        return self.chat_template.render(messages, add_generation_prompt)
+    @property
+    def has_chat_template(self) -> bool:
+        """False for a base model: chat_prompt and encode_chat raise ChatTemplateError; send plain text."""
+        return self.chat_template.has_template
 
-    def encode_chat(self, messages: Sequence[ChatMessage | dict], add_generation_prompt: bool = True) -> list[int]:
+    def chat_prompt(self, messages: Sequence[ChatMessage | dict], add_generation_prompt: bool = True,
+                    tools: Sequence[dict] | None = None) -> str:
+        return self.chat_template.render(messages, add_generation_prompt, tools=tools)
+
+    def encode_chat(self, messages: Sequence[ChatMessage | dict], add_generation_prompt: bool = True,
+                    tools: Sequence[dict] | None = None) -> list[int]:
         """Prompt ids of rendered messages. Templates write their own BOS, so none is added."""
-        return self.tokenizer.encode(self.chat_prompt(messages, add_generation_prompt), add_bos=False)
+        return self.tokenizer.encode(self.chat_prompt(messages, add_generation_prompt, tools), add_bos=False)
 
     def warm_up(self) -> None:
         """Compile (or load from numba's cache) every kernel a request can reach, before serving."""
