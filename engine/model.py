@@ -1,4 +1,5 @@
-"""A Llama-family Transformer over GGUF weights: one forward for a batch described by arrays.
+"""A decoder-only Transformer over GGUF weights (Llama, Mistral, Qwen2, Gemma 3): one forward for a
+batch described by arrays. How the architectures differ is data (architectures.py).
 
 The batch mixes sequences and phases freely: each token row says which sequence it belongs to,
 its position, and the KV-cache slot its key and value go to. A prefill chunk is several rows of
@@ -14,8 +15,18 @@ import numpy as np
 from numba.typed import List
 
 from .gguf_file import GGUFError, GGUFFile
-from .kernels.cpu.llama import MATRICES_PER_LAYER, decoder_stack, output_logits
+from .kernels.cpu.llama import (
+    ATTN_NORM,
+    FFN_NORM,
+    MATRICES_PER_LAYER,
+    NORMS_PER_LAYER,
+    POST_ATTN_NORM,
+    POST_FFN_NORM,
+    decoder_stack,
+    output_logits,
+)
 from .kernels.cpu.ops import embed, rope_tables
+from .architectures import ROPE_NEOX, FFN_GELU_TANH
 from .kernels.ggml_types import SUPPORTED_TYPES
 from .model_config import ModelConfig
 from .quants import quant_type
@@ -101,21 +112,54 @@ class LlamaModel:
             "ffn_up": (cfg.intermediate_size, cfg.hidden_size),
             "ffn_down": (cfg.hidden_size, cfg.intermediate_size),
         }
+        traits = cfg.traits
+        D, hd = cfg.hidden_size, cfg.head_dim
         self.layer_weights = List()
         self.layer_types = np.empty((cfg.num_layers, MATRICES_PER_LAYER), np.int64)
-        self.layer_norms = np.empty((cfg.num_layers, 2, cfg.hidden_size), np.float32)
+        self.layer_norms = np.zeros((cfg.num_layers, NORMS_PER_LAYER, D), np.float32)
+        self.qkv_bias = np.zeros((cfg.num_layers, q_rows + 2 * kv_rows), np.float32)
+        self.head_norms = np.zeros((cfg.num_layers, 2, hd), np.float32)
         for layer in range(cfg.num_layers):
+            blk = f"blk.{layer}"
             for i, name in enumerate(_LAYER_MATRICES):
-                tensor = self._matrix(f"blk.{layer}.{name}.weight", *shapes[name])
+                tensor = self._matrix(f"{blk}.{name}.weight", *shapes[name])
                 self.layer_weights.append(tensor.data)
                 self.layer_types[layer, i] = tensor.ggml_type
-            self.layer_norms[layer, 0] = self._vector(f"blk.{layer}.attn_norm.weight", cfg.hidden_size)
-            self.layer_norms[layer, 1] = self._vector(f"blk.{layer}.ffn_norm.weight", cfg.hidden_size)
+            self.layer_norms[layer, ATTN_NORM] = self._vector(f"{blk}.attn_norm.weight", D)
+            self.layer_norms[layer, FFN_NORM] = self._vector(f"{blk}.ffn_norm.weight", D)
+            if traits.post_norms:
+                self.layer_norms[layer, POST_ATTN_NORM] = self._vector(f"{blk}.post_attention_norm.weight", D)
+                self.layer_norms[layer, POST_FFN_NORM] = self._vector(f"{blk}.post_ffw_norm.weight", D)
+            if traits.qkv_bias:
+                self.qkv_bias[layer, :q_rows] = self._vector(f"{blk}.attn_q.bias", q_rows)
+                self.qkv_bias[layer, q_rows:q_rows + kv_rows] = self._vector(f"{blk}.attn_k.bias", kv_rows)
+                self.qkv_bias[layer, q_rows + kv_rows:] = self._vector(f"{blk}.attn_v.bias", kv_rows)
+            if traits.qk_norm:
+                self.head_norms[layer, 0] = self._vector(f"{blk}.attn_q_norm.weight", hd)
+                self.head_norms[layer, 1] = self._vector(f"{blk}.attn_k_norm.weight", hd)
 
-        inv_freq = 1.0 / cfg.rope_theta ** (np.arange(0, cfg.rope_dim, 2, dtype=np.float64) / cfg.rope_dim)
-        if gguf.has_tensor("rope_freqs.weight"):       # Llama 3.1 long-context frequency factors
+        # RoPE: one table of inverse frequencies per distinct base; each layer names its table
+        self.rope_inv_freq = self._inv_freq(cfg.rope_theta)
+        tables = [self.rope_inv_freq]
+        self.layer_rope = np.zeros(cfg.num_layers, np.int64)
+        if cfg.sliding_window and cfg.local_rope_theta and cfg.local_rope_theta != cfg.rope_theta:
+            tables.append(self._inv_freq(cfg.local_rope_theta, long_context=False))
+            self.layer_rope[:] = [1 if cfg.is_local_layer(i) else 0 for i in range(cfg.num_layers)]
+        self.rope_tables = tables
+        self.layer_window = np.array(cfg.layer_windows, np.int64)
+        self.attention_scale = np.float32(cfg.attention_scale or 1.0 / np.sqrt(hd))
+        self.embedding_scale = np.float32(np.sqrt(D)) if traits.scale_embeddings else None
+
+    def _inv_freq(self, base: float, long_context: bool = True) -> np.ndarray:
+        """RoPE inverse frequencies (rope_dim/2,) f64. long_context: with the file's frequency factors
+        (Llama 3.1) and linear scaling folded in; local (sliding-window) layers use neither."""
+        cfg = self.config
+        inv_freq = 1.0 / base ** (np.arange(0, cfg.rope_dim, 2, dtype=np.float64) / cfg.rope_dim)
+        if not long_context:
+            return inv_freq
+        if self.gguf.has_tensor("rope_freqs.weight"):
             inv_freq = inv_freq / self._vector("rope_freqs.weight", cfg.rope_dim // 2).astype(np.float64)
-        self.rope_inv_freq = inv_freq / cfg.rope_scale
+        return inv_freq / cfg.rope_scale
 
     @classmethod
     def load(cls, path: str | os.PathLike, int8_activations: bool = False) -> LlamaModel:
@@ -144,12 +188,19 @@ class LlamaModel:
         T = batch.num_tokens
         x = np.empty((T, cfg.hidden_size), np.float32)
         embed(batch.token_ids, self.embedding.data, self.embedding.ggml_type, x)
-        cos = np.empty((T, cfg.rope_dim // 2), np.float32)
-        sin = np.empty((T, cfg.rope_dim // 2), np.float32)
-        rope_tables(batch.positions, self.rope_inv_freq, cos, sin)
-        decoder_stack(x, self.layer_weights, self.layer_types, self.layer_norms, kv_cache.k, kv_cache.v,
-                      cos, sin, batch.block_tables, batch.seq_ids, batch.positions, batch.slot_mapping,
-                      cfg.num_heads, cfg.rms_norm_eps, self.int8_activations)
+        if self.embedding_scale is not None:
+            x *= self.embedding_scale
+        cos = np.empty((len(self.rope_tables), T, cfg.rope_dim // 2), np.float32)
+        sin = np.empty_like(cos)
+        for i, inv_freq in enumerate(self.rope_tables):
+            rope_tables(batch.positions, inv_freq, cos[i], sin[i])
+        traits = cfg.traits
+        decoder_stack(x, self.layer_weights, self.layer_types, self.layer_norms, self.qkv_bias, self.head_norms,
+                      kv_cache.k, kv_cache.v, cos, sin, self.layer_rope, self.layer_window,
+                      batch.block_tables, batch.seq_ids, batch.positions, batch.slot_mapping,
+                      cfg.num_heads, cfg.rms_norm_eps, self.attention_scale, traits.rope_mode == ROPE_NEOX,
+                      traits.ffn_activation == FFN_GELU_TANH, traits.qkv_bias, traits.qk_norm, traits.post_norms,
+                      self.int8_activations)
         return x
 
     def forward(self, batch: ForwardBatch, kv_cache: KVCache) -> np.ndarray:

@@ -1,11 +1,13 @@
-"""Llama-family hyper-parameters, read from GGUF metadata."""
+"""Decoder hyper-parameters, read from GGUF metadata, for every architecture in architectures.py."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+from .architectures import ARCHITECTURES, Architecture
 from .gguf_file import GGUFError, GGUFFile
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral")
+SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
 
 
 @dataclass(frozen=True)
@@ -25,10 +27,27 @@ class ModelConfig:
     rms_norm_eps: float
     context_length: int        # longest sequence the model was trained for
     tied_embeddings: bool      # output head reuses token_embd
+    attention_scale: float = 0.0   # multiplies q.k; 0 means 1/sqrt(head_dim)
+    sliding_window: int = 0        # keys a local layer sees (0: no local layers)
+    local_rope_theta: float = 0.0  # RoPE base of local layers
 
     @property
     def queries_per_kv_head(self) -> int:
         return self.num_heads // self.num_kv_heads
+
+    @property
+    def traits(self) -> Architecture:
+        return ARCHITECTURES[self.architecture]
+
+    def is_local_layer(self, layer: int) -> bool:
+        """Whether a layer attends through the sliding window (Gemma 3: five local, one global)."""
+        n = self.traits.sliding_window_pattern
+        return self.sliding_window > 0 and n > 0 and layer % n < n - 1
+
+    @property
+    def layer_windows(self) -> tuple[int, ...]:
+        """Sliding window of each layer; 0 for a global layer."""
+        return tuple(self.sliding_window if self.is_local_layer(i) else 0 for i in range(self.num_layers))
 
     @classmethod
     def from_gguf(cls, gguf: GGUFFile) -> ModelConfig:
@@ -52,6 +71,14 @@ class ModelConfig:
         if embd is None:
             raise GGUFError(f"{gguf.path!r} has no token_embd.weight")
         vocab = int(md.get(f"{arch}.vocab_size", embd.shape[1]))
+        traits = ARCHITECTURES[arch]
+        window = int(md.get(f"{arch}.attention.sliding_window", 0) or 0) if traits.sliding_window_pattern else 0
+        layers = int(get("block_count"))
+        # Gemma 3 scales q by query_pre_attn_scalar^-0.5: head_dim for the released sizes except
+        # 27B (62 layers), which uses hidden/heads; llama.cpp applies the same rule.
+        scale = 1.0 / math.sqrt(head_dim)
+        if arch == "gemma3" and layers == 62:
+            scale = 1.0 / math.sqrt(hidden / heads)
         scaling = md.get(f"{arch}.rope.scaling.type", "none")
         rope_scale = float(md.get(f"{arch}.rope.scaling.factor", 1.0)) if scaling == "linear" else 1.0
         config = cls(
@@ -60,7 +87,7 @@ class ModelConfig:
             vocab_size=vocab,
             hidden_size=hidden,
             intermediate_size=int(get("feed_forward_length")),
-            num_layers=int(get("block_count")),
+            num_layers=layers,
             num_heads=heads,
             num_kv_heads=kv_heads,
             head_dim=head_dim,
@@ -70,11 +97,16 @@ class ModelConfig:
             rms_norm_eps=float(get("attention.layer_norm_rms_epsilon")),
             context_length=int(get("context_length", 2048)),
             tied_embeddings=not gguf.has_tensor("output.weight"),
+            attention_scale=scale,
+            sliding_window=window,
+            local_rope_theta=float(md.get(f"{arch}.rope.freq_base_swa", traits.default_local_rope_base or 0.0)),
         )
         config.validate()
         return config
 
     def validate(self) -> None:
+        if self.sliding_window < 0:
+            raise GGUFError(f"sliding window {self.sliding_window} must not be negative")
         if self.num_heads % self.num_kv_heads:
             raise GGUFError(f"{self.num_heads} query heads do not group over {self.num_kv_heads} KV heads")
         if self.head_dim % 16 or self.rope_dim % 2 or self.rope_dim > self.head_dim:

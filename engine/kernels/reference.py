@@ -37,6 +37,29 @@ def rope(x: np.ndarray, num_heads: int, head_dim: int, positions: np.ndarray, in
     return out.reshape(x.shape).astype(np.float32)
 
 
+def rope_neox(x: np.ndarray, num_heads: int, head_dim: int, positions: np.ndarray,
+              inv_freq: np.ndarray) -> np.ndarray:
+    """NEOX RoPE (transformers' rotate_half): dims i and i + half of each head turn by pos*inv_freq[i]."""
+    cos, sin = rope_tables(positions, inv_freq)
+    out = x.astype(np.float64).reshape(x.shape[0], num_heads, head_dim).copy()
+    half = inv_freq.shape[0]
+    a = out[:, :, :half].copy()
+    b = out[:, :, half:2 * half].copy()
+    out[:, :, :half] = a * cos[:, None, :] - b * sin[:, None, :]
+    out[:, :, half:2 * half] = a * sin[:, None, :] + b * cos[:, None, :]
+    return out.reshape(x.shape).astype(np.float32)
+
+
+def head_rms_norm(x: np.ndarray, num_heads: int, head_dim: int, weight: np.ndarray, eps: float) -> np.ndarray:
+    """RMSNorm over each head of x (T, num_heads*head_dim)."""
+    return rms_norm(x.reshape(x.shape[0], num_heads, head_dim), weight, eps).reshape(x.shape)
+
+
+def gelu_tanh_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    g = gate.astype(np.float64)
+    return (0.5 * g * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (g + 0.044715 * g ** 3))) * up).astype(np.float32)
+
+
 def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     g = gate.astype(np.float64)
     sigmoid = 0.5 * (1.0 + np.tanh(0.5 * g))      # = 1 / (1 + exp(-g)), without overflow
@@ -44,42 +67,65 @@ def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
 
 
 def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_heads: int, num_kv_heads: int,
-                     head_dim: int, q_positions: np.ndarray) -> np.ndarray:
-    """Dense attention of one sequence: q (T, H*hd) at q_positions over k, v (L, KV*hd) for positions 0..L-1."""
+                     head_dim: int, q_positions: np.ndarray, scale: float | None = None,
+                     window: int = 0) -> np.ndarray:
+    """Dense attention of one sequence: q (T, H*hd) at q_positions over k, v (L, KV*hd) for positions 0..L-1.
+    scale defaults to 1/sqrt(head_dim); window > 0: a query at p sees keys p-window+1..p only."""
+    scale = 1.0 / np.sqrt(head_dim) if scale is None else scale
     group = num_heads // num_kv_heads
     qh = q.astype(np.float64).reshape(q.shape[0], num_heads, head_dim)
     kh = k.astype(np.float64).reshape(k.shape[0], num_kv_heads, head_dim)
     vh = v.astype(np.float64).reshape(v.shape[0], num_kv_heads, head_dim)
     out = np.zeros_like(qh)
     for t, pos in enumerate(q_positions):
+        first = max(0, pos + 1 - window) if window else 0
         for h in range(num_heads):
-            s = kh[: pos + 1, h // group] @ qh[t, h] / np.sqrt(head_dim)
+            s = kh[first: pos + 1, h // group] @ qh[t, h] * scale
             p = np.exp(s - s.max())
-            out[t, h] = (p / p.sum()) @ vh[: pos + 1, h // group]
+            out[t, h] = (p / p.sum()) @ vh[first: pos + 1, h // group]
     return out.reshape(q.shape).astype(np.float32)
 
 
 def forward(model, token_ids: np.ndarray) -> np.ndarray:
     """Logits (T, vocab) of one sequence from position 0, composed from the references above.
 
-    `model` is an engine.model.LlamaModel (only its weights and config are used).
+    `model` is an engine.model.LlamaModel (only its weights, per-layer tables and config are used);
+    the architecture's switches (engine/architectures.py) are followed step by step.
     """
+    from ..architectures import FFN_GELU_TANH, ROPE_NEOX
     cfg = model.config
+    traits = cfg.traits
     T = len(token_ids)
     positions = np.arange(T)
+    H, KV, hd, eps = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rms_norm_eps
+    rotate = rope_neox if traits.rope_mode == ROPE_NEOX else rope
+    act = gelu_tanh_mul if traits.ffn_activation == FFN_GELU_TANH else silu_mul
     x = dequantize(model.embedding.data, model.embedding.ggml_type)[token_ids].astype(np.float32)
+    if traits.scale_embeddings:
+        x = (x * np.float32(np.sqrt(cfg.hidden_size))).astype(np.float32)
     names = ("q", "k", "v", "o", "gate", "up", "down")
+    nq, nk = H * hd, KV * hd
     for layer in range(cfg.num_layers):
         w = {n: (model.layer_weights[layer * 7 + i], model.layer_types[layer, i]) for i, n in enumerate(names)}
-        h = rms_norm(x, model.layer_norms[layer, 0], cfg.rms_norm_eps)
-        q = rope(matmul(*w["q"], h), cfg.num_heads, cfg.head_dim, positions, model.rope_inv_freq)
-        k = rope(matmul(*w["k"], h), cfg.num_kv_heads, cfg.head_dim, positions, model.rope_inv_freq)
-        v = matmul(*w["v"], h)
-        attn = causal_attention(q, k, v, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, positions)
-        x = x + matmul(*w["o"], attn)
-        h = rms_norm(x, model.layer_norms[layer, 1], cfg.rms_norm_eps)
-        x = x + matmul(*w["down"], silu_mul(matmul(*w["gate"], h), matmul(*w["up"], h)))
-    h = rms_norm(x, model.output_norm, cfg.rms_norm_eps)
+        norms = model.layer_norms[layer]
+        inv_freq = model.rope_tables[model.layer_rope[layer]]
+        h = rms_norm(x, norms[0], eps)
+        q, k, v = matmul(*w["q"], h), matmul(*w["k"], h), matmul(*w["v"], h)
+        if traits.qkv_bias:
+            bias = model.qkv_bias[layer]
+            q, k, v = q + bias[:nq], k + bias[nq:nq + nk], v + bias[nq + nk:]
+        if traits.qk_norm:
+            q = head_rms_norm(q, H, hd, model.head_norms[layer, 0], eps)
+            k = head_rms_norm(k, KV, hd, model.head_norms[layer, 1], eps)
+        q, k = rotate(q, H, hd, positions, inv_freq), rotate(k, KV, hd, positions, inv_freq)
+        attn = causal_attention(q, k, v, H, KV, hd, positions, float(model.attention_scale),
+                                int(model.layer_window[layer]))
+        a = matmul(*w["o"], attn)
+        x = x + (rms_norm(a, norms[2], eps) if traits.post_norms else a)
+        h = rms_norm(x, norms[1], eps)
+        f = matmul(*w["down"], act(matmul(*w["gate"], h), matmul(*w["up"], h)))
+        x = x + (rms_norm(f, norms[3], eps) if traits.post_norms else f)
+    h = rms_norm(x, model.output_norm, eps)
     return matmul(model.head.data, model.head.ggml_type, h)
 
 

@@ -37,13 +37,14 @@ def write_kv(k, v, slot_mapping, k_cache, v_cache):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _key_vector_offsets(table, kvh, n_kv, hd, bs, n_keys, offsets):
-    """offsets[i] = flat k_cache offset of keys 16i..16i+15 at dimension 0; padded to a multiple of 4
-    entries by repeating the last (recomputing a vector beats reading outside the block table)."""
-    n_vec = (n_keys + 15) // 16
+def _key_vector_offsets(table, kvh, n_kv, hd, bs, start, n_keys, offsets):
+    """offsets[i] = flat k_cache offset of keys start+16i..start+16i+15 at dimension 0 (start a
+    multiple of 16); padded to a multiple of 4 entries by repeating the last (recomputing a vector
+    beats reading outside the block table)."""
+    n_vec = (n_keys - start + 15) // 16
     per_block = bs // 16
-    block = 0
-    within = 0
+    block = start // bs
+    within = (start % bs) // 16
     for i in range(n_vec):
         offsets[i] = (table[block] * n_kv + kvh) * hd * bs + within * 16
         within += 1
@@ -100,19 +101,18 @@ def _softmax_in_place(scores, n_keys):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _weighted_values(probs, v_flat, table, kvh, n_kv, hd, bs, n_keys, inv_total, oh):
-    """oh (hd,) = inv_total * sum_j probs[j] * value_j."""
-    n_blocks = (n_keys + bs - 1) // bs
+def _weighted_values(probs, v_flat, table, kvh, n_kv, hd, bs, start, first, n_keys, inv_total, oh):
+    """oh (hd,) = inv_total * sum_j probs[j - start] * value_j over keys first <= j < n_keys."""
     d0 = 0
     while d0 + 64 <= hd:
         a0 = vzero()
         a1 = vzero()
         a2 = vzero()
         a3 = vzero()
-        for b in range(n_blocks):
+        for b in range(first // bs, (n_keys + bs - 1) // bs):
             base = (table[b] * n_kv + kvh) * bs * hd + d0
-            for s in range(min(bs, n_keys - b * bs)):
-                p = vsplat(probs[b * bs + s])
+            for s in range(max(first - b * bs, 0), min(bs, n_keys - b * bs)):
+                p = vsplat(probs[b * bs + s - start])
                 o = base + s * hd
                 a0 = vfma(p, vload(v_flat, o), a0)
                 a1 = vfma(p, vload(v_flat, o + 16), a1)
@@ -126,16 +126,18 @@ def _weighted_values(probs, v_flat, table, kvh, n_kv, hd, bs, n_keys, inv_total,
         d0 += 64
     while d0 < hd:                              # head_dim not a multiple of 64
         a0 = vzero()
-        for j in range(n_keys):
+        for j in range(first, n_keys):
             o = (table[j // bs] * n_kv + kvh) * bs * hd + (j % bs) * hd + d0
-            a0 = vfma(vsplat(probs[j]), vload(v_flat, o), a0)
+            a0 = vfma(vsplat(probs[j - start]), vload(v_flat, o), a0)
         vstore(oh, d0, vmul(a0, vsplat(inv_total)))
         d0 += 16
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def paged_attention(q, k_cache, v_cache, block_tables, seq_ids, positions, scale, out):
-    """out (T, num_heads*head_dim) = softmax(q k^T * scale) v per head, causal, over the paged cache.
+def paged_attention_window(q, k_cache, v_cache, block_tables, seq_ids, positions, scale, window, out):
+    """out (T, num_heads*head_dim) = softmax(q k^T * scale) v per head, causal, over the paged cache;
+    window > 0 (a sliding-window layer): token t sees only keys positions[t]-window+1 .. positions[t],
+    and only their blocks are read, so the cost is O(window), not O(context).
 
     q (T, num_heads*head_dim) f32 (RoPE applied); block_tables (S, max_blocks) i32;
     seq_ids (T,) i32; positions (T,) i32.
@@ -151,13 +153,23 @@ def paged_attention(q, k_cache, v_cache, block_tables, seq_ids, positions, scale
         t = item // n_kv
         kvh = item % n_kv
         n_keys = positions[t] + 1
+        first = n_keys - window if 0 < window < n_keys else 0
+        start = first // 16 * 16                # scores[j - start] for keys start <= j < n_keys
         table = block_tables[seq_ids[t]]
-        scores = np.empty((n_keys + 63) // 64 * 64, np.float32)
+        scores = np.empty((n_keys - start + 63) // 64 * 64, np.float32)
         offsets = np.empty(scores.shape[0] // 16, np.int64)
-        _key_vector_offsets(table, kvh, n_kv, hd, bs, n_keys, offsets)
+        _key_vector_offsets(table, kvh, n_kv, hd, bs, start, n_keys, offsets)
         for g in range(group):
             h = kvh * group + g
-            _scores(q[t, h * hd:(h + 1) * hd], k_flat, offsets, hd, bs, n_keys, _f32(scale), scores)
-            total = _softmax_in_place(scores, n_keys)
-            _weighted_values(scores, v_flat, table, kvh, n_kv, hd, bs, n_keys, _f32(1.0) / total,
+            _scores(q[t, h * hd:(h + 1) * hd], k_flat, offsets, hd, bs, n_keys - start, _f32(scale), scores)
+            for j in range(first - start):      # keys before the window, inside its first vector
+                scores[j] = _f32(-3.0e38)
+            total = _softmax_in_place(scores, n_keys - start)
+            _weighted_values(scores, v_flat, table, kvh, n_kv, hd, bs, start, first, n_keys, _f32(1.0) / total,
                              out[t, h * hd:(h + 1) * hd])
+
+
+@njit(cache=True, nogil=True)
+def paged_attention(q, k_cache, v_cache, block_tables, seq_ids, positions, scale, out):
+    """Full causal attention (every key 0..positions[t]): paged_attention_window with no window."""
+    paged_attention_window(q, k_cache, v_cache, block_tables, seq_ids, positions, scale, 0, out)

@@ -1,51 +1,72 @@
-"""The Llama decoder stack as one numba call per forward (CPU).
+"""The decoder stack as one numba call per forward (CPU), for every architecture.
 
 One call runs every layer, so a decode step pays Python-to-numba dispatch once, not once per
 kernel (~300 kernels per token otherwise). The kernels it calls are the ones tested one by one.
+What differs between architectures (engine/architectures.py) arrives as switches and per-layer
+arrays; the bracketed steps run only where an architecture has them.
 
 Per layer, for the T tokens of a step (D = hidden, F = FFN width, H/KV = query/kv heads, hd):
     h = rms_norm(x) * attn_norm                                  (T, D)
-    q, k, v = h Wq^T, h Wk^T, h Wv^T                             (T, H*hd), (T, KV*hd), (T, KV*hd)
-    q, k = rope(q), rope(k);   cache[slot_mapping] = k, v
-    x += attention(q, cache) Wo^T                                (T, D)
+    q, k, v = h Wq^T, h Wk^T, h Wv^T  [+ bq, bk, bv]             (T, H*hd), (T, KV*hd), (T, KV*hd)
+    [q, k = rms_norm per head * q_norm, k_norm]
+    q, k = rope(q), rope(k)  (this layer's table; normal or NEOX pairs);   cache[slot_mapping] = k, v
+    a = attention(q, cache) Wo^T  (this layer's window, if local)  (T, D)
+    x += [rms_norm(a) * post_attention_norm] a
     h = rms_norm(x) * ffn_norm
-    x += (silu(h Wg^T) * (h Wu^T)) Wd^T                          (T, F) -> (T, D)
+    f = (act(h Wg^T) * (h Wu^T)) Wd^T,  act = silu | gelu_tanh   (T, F) -> (T, D)
+    x += [rms_norm(f) * post_ffw_norm] f
 """
 import numpy as np
 from numba import njit
 
-from .attention import paged_attention, write_kv
+from .attention import paged_attention_window, write_kv
 from .matmul import matmul
-from .ops import add_inplace, rms_norm, rope, silu_mul
+from .ops import add_bias, add_inplace, gelu_tanh_mul, head_rms_norm, rms_norm, rope, rope_neox, silu_mul
 from .projections import project
 
 # Order of a layer's seven matrices in `weights` / `weight_types`.
 WQ, WK, WV, WO, W_GATE, W_UP, W_DOWN = range(7)
 MATRICES_PER_LAYER = 7
+# Order of a layer's norms in `norms` (the last two only with post_norms).
+ATTN_NORM, FFN_NORM, POST_ATTN_NORM, POST_FFN_NORM = range(4)
+NORMS_PER_LAYER = 4
 
 
 @njit(cache=True, nogil=True)
-def decoder_stack(x, weights, weight_types, norms, k_cache, v_cache, rope_cos, rope_sin,
-                  block_tables, seq_ids, positions, slot_mapping, num_heads, eps, int8_activations):
+def _rope(x, heads, hd, cos, sin, neox):
+    if neox:
+        rope_neox(x, heads, hd, cos, sin)
+    else:
+        rope(x, heads, hd, cos, sin)
+
+
+@njit(cache=True, nogil=True)
+def decoder_stack(x, weights, weight_types, norms, qkv_bias, head_norms, k_cache, v_cache, rope_cos, rope_sin,
+                  layer_rope, layer_window, block_tables, seq_ids, positions, slot_mapping, num_heads, eps,
+                  attention_scale, rope_neox_mode, gelu_ffn, has_qkv_bias, has_qk_norm, has_post_norms,
+                  int8_activations):
     """Run all layers over x (T, D) f32 in place.
 
     int8_activations: decode-sized steps quantize activations to int8 (matmul.py); else float32.
 
     weights: list of (rows, row_bytes) u8, 7 per layer (WQ..W_DOWN); weight_types (L, 7) GGML ids;
-    norms (L, 2, D) f32 (attention norm, FFN norm); k_cache (L, blocks, KV, hd, bs) f32;
-    v_cache (L, blocks, KV, bs, hd) f32; rope_cos/sin (T, rope_dim/2); block_tables (S, max_blocks),
+    norms (L, 4, D) f32 (ATTN_NORM..POST_FFN_NORM); qkv_bias (L, H*hd + 2*KV*hd) f32 (q | k | v);
+    head_norms (L, 2, hd) f32 (q, k); k_cache (L, blocks, KV, hd, bs) f32; v_cache (L, blocks, KV, bs, hd);
+    rope_cos/sin (R, T, rope_dim/2), layer_rope (L,) i64 which of the R tables a layer uses;
+    layer_window (L,) i64 sliding window of a layer (0: global); block_tables (S, max_blocks),
     seq_ids (T,), positions (T,), slot_mapping (T,) i32.
     """
     T, D = x.shape
     n_kv = k_cache.shape[2]
     hd = k_cache.shape[3]
     F = weights[W_GATE].shape[0]
-    scale = 1.0 / np.sqrt(hd)
+    nq = num_heads * hd
+    nk = n_kv * hd
     h = np.empty((T, D), np.float32)
-    q = np.empty((T, num_heads * hd), np.float32)
-    k = np.empty((T, n_kv * hd), np.float32)
-    v = np.empty((T, n_kv * hd), np.float32)
-    attn = np.empty((T, num_heads * hd), np.float32)
+    q = np.empty((T, nq), np.float32)
+    k = np.empty((T, nk), np.float32)
+    v = np.empty((T, nk), np.float32)
+    attn = np.empty((T, nq), np.float32)
     gate = np.empty((T, F), np.float32)
     up = np.empty((T, F), np.float32)
     proj = np.empty((T, D), np.float32)
@@ -54,22 +75,39 @@ def decoder_stack(x, weights, weight_types, norms, k_cache, v_cache, rope_cos, r
     for layer in range(weight_types.shape[0]):
         w = layer * MATRICES_PER_LAYER
         types = weight_types[layer]
-        rms_norm(x, norms[layer, 0], eps, h)
+        rms_norm(x, norms[layer, ATTN_NORM], eps, h)
         project(h, int8_activations, weights[w + WQ], types[WQ], q, weights[w + WK], types[WK], k,
                 weights[w + WV], types[WV], v)
-        rope(q, num_heads, hd, rope_cos, rope_sin)
-        rope(k, n_kv, hd, rope_cos, rope_sin)
+        if has_qkv_bias:
+            add_bias(q, qkv_bias[layer, :nq])
+            add_bias(k, qkv_bias[layer, nq:nq + nk])
+            add_bias(v, qkv_bias[layer, nq + nk:])
+        if has_qk_norm:
+            head_rms_norm(q, num_heads, hd, head_norms[layer, 0], eps)
+            head_rms_norm(k, n_kv, hd, head_norms[layer, 1], eps)
+        cos = rope_cos[layer_rope[layer]]
+        sin = rope_sin[layer_rope[layer]]
+        _rope(q, num_heads, hd, cos, sin, rope_neox_mode)
+        _rope(k, n_kv, hd, cos, sin, rope_neox_mode)
         write_kv(k, v, slot_mapping, k_cache[layer], v_cache[layer])
-        paged_attention(q, k_cache[layer], v_cache[layer], block_tables, seq_ids, positions, scale, attn)
+        paged_attention_window(q, k_cache[layer], v_cache[layer], block_tables, seq_ids, positions,
+                               attention_scale, layer_window[layer], attn)
         project(attn, int8_activations, weights[w + WO], types[WO], proj, no_matrix, 0, no_output,
                 no_matrix, 0, no_output)
+        if has_post_norms:
+            rms_norm(proj, norms[layer, POST_ATTN_NORM], eps, proj)
         add_inplace(x, proj)
-        rms_norm(x, norms[layer, 1], eps, h)
+        rms_norm(x, norms[layer, FFN_NORM], eps, h)
         project(h, int8_activations, weights[w + W_GATE], types[W_GATE], gate, weights[w + W_UP], types[W_UP], up,
                 no_matrix, 0, no_output)
-        silu_mul(gate, up, gate)
+        if gelu_ffn:
+            gelu_tanh_mul(gate, up, gate)
+        else:
+            silu_mul(gate, up, gate)
         project(gate, int8_activations, weights[w + W_DOWN], types[W_DOWN], proj, no_matrix, 0, no_output,
                 no_matrix, 0, no_output)
+        if has_post_norms:
+            rms_norm(proj, norms[layer, POST_FFN_NORM], eps, proj)
         add_inplace(x, proj)
 
 

@@ -84,6 +84,54 @@ def rope(x, num_heads, head_dim, cos, sin):
             _rope_row(x[t], num_heads, head_dim, cos[t], sin[t])
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _rope_neox_row(xt, num_heads, head_dim, cos_t, sin_t):
+    half = cos_t.shape[0]
+    for h in range(num_heads):
+        base = h * head_dim
+        for i in range(half):
+            a = xt[base + i]
+            b = xt[base + half + i]
+            xt[base + i] = a * cos_t[i] - b * sin_t[i]
+            xt[base + half + i] = a * sin_t[i] + b * cos_t[i]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _rope_neox_parallel(x, num_heads, head_dim, cos, sin):
+    for t in prange(x.shape[0]):
+        _rope_neox_row(x[t], num_heads, head_dim, cos[t], sin[t])
+
+
+@njit(cache=True, nogil=True)
+def rope_neox(x, num_heads, head_dim, cos, sin):
+    """Rotate x (T, num_heads*head_dim) in place, GGML NEOX mode (Qwen2, Gemma 3; transformers'
+    rotate_half): dimensions i and i + rope_dim/2 of each head turn together by angle i."""
+    if x.shape[0] >= PARALLEL_MIN_ROWS:
+        _rope_neox_parallel(x, num_heads, head_dim, cos, sin)
+    else:
+        for t in range(x.shape[0]):
+            _rope_neox_row(x[t], num_heads, head_dim, cos[t], sin[t])
+
+
+# ----------------------------------------------------------------------------- per-head RMSNorm, bias
+
+@njit(cache=True, nogil=True)
+def head_rms_norm(x, num_heads, head_dim, weight, eps):
+    """x (T, num_heads*head_dim) in place: RMSNorm over each head's head_dim values, times weight (hd,)."""
+    for t in range(x.shape[0]):
+        for h in range(num_heads):
+            part = x[t, h * head_dim:(h + 1) * head_dim]
+            _rms_norm_row(part, weight, eps, part)
+
+
+@njit(cache=True, nogil=True)
+def add_bias(x, bias):
+    """x (T, N) += bias (N,)."""
+    for t in range(x.shape[0]):
+        for n in range(x.shape[1]):
+            x[t, n] += bias[n]
+
+
 # ----------------------------------------------------------------------------- SiLU-gated FFN
 
 @njit(cache=True, nogil=True, inline="always")
@@ -110,6 +158,43 @@ def silu_mul(gate, up, out):
     else:
         for t in range(gate.shape[0]):
             _silu_mul_row(gate[t], up[t], out[t])
+
+
+# ----------------------------------------------------------------------------- GELU(tanh)-gated FFN
+
+_GELU_C = np.float32(np.sqrt(2.0 / np.pi))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _gelu_tanh_mul_row(g_row, u_row, o_row):
+    """0.5 g (1 + tanh(c (g + 0.044715 g^3))) u, with tanh(y) = 1 - 2 / (exp(2y) + 1): exp overflowing
+    to inf gives exactly 1, underflowing to 0 gives -1."""
+    one = vsplat(_f32(1.0))
+    two = vsplat(_f32(2.0))
+    half = vsplat(_f32(0.5))
+    c = vsplat(_f32(_GELU_C) * _f32(2.0))
+    cubic = vsplat(_f32(0.044715))
+    for k in range(0, g_row.shape[0], 16):
+        g = vload(g_row, k)
+        inner = vmul(c, vfma(vmul(cubic, vmul(g, g)), g, g))       # 2y
+        tanh = vsub(one, vdiv(two, vadd(vexp(inner), one)))
+        vstore(o_row, k, vmul(vmul(vmul(half, g), vadd(one, tanh)), vload(u_row, k)))
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _gelu_tanh_mul_parallel(gate, up, out):
+    for t in prange(gate.shape[0]):
+        _gelu_tanh_mul_row(gate[t], up[t], out[t])
+
+
+@njit(cache=True, nogil=True)
+def gelu_tanh_mul(gate, up, out):
+    """out (T, F) = gelu_tanh(gate) * up (Gemma's FFN; torch's gelu(approximate="tanh")). out may be gate."""
+    if gate.shape[0] >= PARALLEL_MIN_ROWS:
+        _gelu_tanh_mul_parallel(gate, up, out)
+    else:
+        for t in range(gate.shape[0]):
+            _gelu_tanh_mul_row(gate[t], up[t], out[t])
 
 
 # ----------------------------------------------------------------------------- residual, embedding
