@@ -28,6 +28,8 @@ from .model_config import ModelConfig
 from .quants import quant_type
 
 log = logging.getLogger(__name__)
+# The CUDA decoder stack has no biases, per-head norms, post norms, GELU or sliding window yet.
+CUDA_ARCHITECTURES = ("llama", "mistral")
 
 
 class CudaKVCache:
@@ -81,6 +83,9 @@ class CudaLlamaModel:
         if int8_activations:
             log.warning("int8 activations (--fast) are a CPU mode: the CUDA backend computes in float32")
         host = LlamaModel(gguf)                       # validates shapes and types; views, no copies
+        if host.config.architecture not in CUDA_ARCHITECTURES:
+            raise GGUFError(f"architecture {host.config.architecture!r} runs on the CPU backend only for now "
+                            f"(CUDA kernels cover {', '.join(CUDA_ARCHITECTURES)}): use --device cpu")
         types = {host.embedding.ggml_type, host.head.ggml_type, *(int(t) for t in host.layer_types.ravel())}
         lacking = sorted(types - set(CUDA_TYPES))
         if lacking:                                   # the CPU kernels have more types than the CUDA ones

@@ -59,19 +59,28 @@ def type_id(name: str) -> int:
 
 def write_tiny_llama(path: Path, *, matrix_type: str = "Q4_1", embedding_type: str = "Q8_0",
                      vocab: int = 96, hidden: int = 256, ffn: int = 512, layers: int = 2, heads: int = 4,
-                     kv_heads: int = 2, seed: int = 0, tied: bool = True, context: int = 256) -> Path:
-    """A random Llama-architecture GGUF with a byte-level vocabulary (token i = character chr(32+i))."""
+                     kv_heads: int = 2, seed: int = 0, tied: bool = True, context: int = 256,
+                     architecture: str = "llama", head_dim: int | None = None, sliding_window: int = 0,
+                     rope_base: float = 10000.0) -> Path:
+    """A random GGUF with a byte-level vocabulary (token i = character chr(32+i)), in the tensor
+    layout of `architecture`: "llama", "qwen2" (+ Q/K/V biases) or "gemma3" (+ Q/K norms, post
+    norms, sliding_window on five layers of six)."""
     rng = np.random.default_rng(seed)
-    head_dim = hidden // heads
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name("tiny-random-llama")
+    head_dim = head_dim or hidden // heads
+    w = gguf.GGUFWriter(str(path), architecture)
+    w.add_name(f"tiny-random-{architecture}")
+    if head_dim != hidden // heads:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    if sliding_window:
+        w.add_sliding_window(sliding_window)
     w.add_block_count(layers)
     w.add_context_length(context)
     w.add_embedding_length(hidden)
     w.add_feed_forward_length(ffn)
     w.add_head_count(heads)
     w.add_head_count_kv(kv_heads)
-    w.add_rope_freq_base(10000.0)
+    w.add_rope_freq_base(rope_base)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_dimension_count(head_dim)
     w.add_tokenizer_model("gpt2")
@@ -108,6 +117,14 @@ def write_tiny_llama(path: Path, *, matrix_type: str = "Q4_1", embedding_type: s
         matrix(f"blk.{i}.ffn_gate.weight", ffn, hidden, matrix_type)
         matrix(f"blk.{i}.ffn_up.weight", ffn, hidden, matrix_type)
         matrix(f"blk.{i}.ffn_down.weight", hidden, ffn, matrix_type)
+        if architecture == "qwen2":
+            for name, n in (("q", heads), ("k", kv_heads), ("v", kv_heads)):
+                w.add_tensor(f"blk.{i}.attn_{name}.bias", (0.5 * rng.standard_normal(n * head_dim)).astype(np.float32))
+        if architecture == "gemma3":
+            vector(f"blk.{i}.attn_q_norm.weight", head_dim)
+            vector(f"blk.{i}.attn_k_norm.weight", head_dim)
+            vector(f"blk.{i}.post_attention_norm.weight", hidden)
+            vector(f"blk.{i}.post_ffw_norm.weight", hidden)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

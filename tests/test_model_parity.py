@@ -14,11 +14,11 @@ def prompts(reference):
     return reference["chat"] + reference["raw"]
 
 
-def last_logits(model, ids, decode_last=True):
+def last_logits(model, ids, decode_last=True, num_blocks=8):
     """Logits at the last position: prefill all but the last token, then one decode-sized step
     (so the fast mode's int8 path computes them), or everything in one batch."""
-    kv = model.new_kv_cache(num_blocks=8, block_size=16)
-    table = np.arange(8, dtype=np.int32).reshape(1, 8)
+    kv = model.new_kv_cache(num_blocks=num_blocks, block_size=16)
+    table = np.arange(num_blocks, dtype=np.int32).reshape(1, num_blocks)
     n = len(ids)
 
     def step(chunk, start):
