@@ -6,11 +6,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .assets import default_model_path
 from .chat_template import ChatMessage, ChatTemplate
 from .device import load_model, resolve_device
 from .gguf_file import GGUFFile
 from .model import ForwardBatch, LlamaModel
+from .model_registry import resolve_model
 from .tokenizer import Tokenizer
 
 
@@ -22,9 +22,10 @@ class LLM:
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, int8_activations: bool = False, device: str = "cpu") -> LLM:
-        """device: "cpu", "cuda" or "auto" (CUDA when numba finds a GPU), see engine.device."""
+        """path: a GGUF file or a catalogue name (engine.model_registry); None: its DEFAULT_MODEL.
+        device: "cpu", "cuda" or "auto" (CUDA when numba finds a GPU), see engine.device."""
         device = resolve_device(device)              # before reading anything: a bad device fails fast
-        gguf = GGUFFile.open(path or default_model_path())
+        gguf = GGUFFile.open(resolve_model(path))
         model = load_model(gguf, device, int8_activations)
         return cls(model, Tokenizer.from_gguf(gguf))
 

@@ -15,6 +15,13 @@ sys.path.insert(0, str(TESTS.parent))   # harness (shared with bench/)
 
 import engine  # noqa: E402,F401  (numba settings before any kernel)
 
+# The product's default model is Qwen2.5-Coder-0.5B; the suite runs SmolLM2-135M (fast, and the
+# golden references are its outputs). Every `meshllm` process a test starts inherits this; a test
+# that wants another model passes it explicitly.
+from engine.model_registry import SMOLLM2  # noqa: E402
+
+os.environ["MESHLLM_MODEL"] = SMOLLM2
+
 # tests/cuda_sim need numba's CUDA simulator from before numba loads: test_cuda_simulator.py runs them
 collect_ignore = [] if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else ["cuda_sim"]
 
@@ -41,8 +48,22 @@ def chat0_logits() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
-    from engine.assets import default_model_path
-    return default_model_path()
+    from engine.model_registry import SMOLLM2, resolve_model
+    return resolve_model(SMOLLM2)
+
+
+@pytest.fixture(scope="session")
+def installed_model():
+    """installed_model(NAME): a catalogue model's GGUF, or a skip that says how to install it
+    (`make test` installs every model when the package index is reachable)."""
+    from engine.model_registry import ModelUnavailable, resolve_model
+
+    def path_of(name: str) -> Path:
+        try:
+            return resolve_model(name)
+        except ModelUnavailable as e:
+            pytest.skip(str(e))
+    return path_of
 
 
 @pytest.fixture(scope="session")
