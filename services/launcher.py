@@ -19,6 +19,8 @@ import time
 
 import redis
 
+from engine.model_registry import resolve_model
+
 from .cli import DEFAULT_METRICS_PORTS, DEFAULT_PORTS
 from .client import health_status
 from .common.keys import Keys
@@ -35,8 +37,9 @@ def redis_data_dir() -> str:
 
 
 class Stack:
-    def __init__(self, args):
+    def __init__(self, args, model_path: str):
         self.args = args
+        self.model_path = model_path
         self.redis_server: RedisServer | None = None
         self.children: list[tuple[str, subprocess.Popen]] = []
         self.stopping = False
@@ -61,6 +64,8 @@ class Stack:
             redis_url = env["REDIS_URL"] = self.redis_server.url
             self.log(f"started redis-server on port {self.redis_server.port}")
         env.setdefault("MESHLLM_HOST", self.args.host)
+        env["MESHLLM_MODEL"] = self.model_path
+        self.log(f"model {self.model_path}")
         if self.args.api_keys:
             env["MESHLLM_API_KEYS"] = self.args.api_keys
         if self.args.fast:
@@ -136,7 +141,9 @@ class Stack:
 
 
 def up(args) -> int:
-    stack = Stack(args)
+    # a missing model fails here, in one line, before anything starts
+    model_path = resolve_model(args.model or os.environ.get("MESHLLM_MODEL"))   # None: the default
+    stack = Stack(args, str(model_path))
     stopping = {"signal": False}
 
     def on_signal(signum, frame):

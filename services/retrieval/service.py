@@ -277,9 +277,9 @@ async def run(server_config, redis_config, retrieval_config: RetrievalConfig, mo
     from ..common.grpc_server import serve
     from ..common.keys import Keys
 
+    llm = LLM.load(model_path or None)             # first: a missing model fails before the encoder warms up
     encoder = SentenceEncoder.load()
     encoder.warm_up()
-    llm = LLM.load(model_path or None)
     client = aioredis.Redis.from_url(redis_config.redis_url, max_connections=128, socket_connect_timeout=2)
     servicer = RetrievalServicer(encoder, llm, DocumentStore(client, Keys(redis_config.key_prefix)),
                                  retrieval_config)
