@@ -142,7 +142,8 @@ def transformers_peer(gguf_path: Path, batch_sizes, tokens: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="GGUF file (default: SmolLM2-135M-Instruct Q4_1)")
+    ap.add_argument("--model", default=None,
+                    help="a model name from `meshllm models list` or a GGUF path (default: smollm2-135m-instruct)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--prompt-tokens", type=int, default=512, help="prefill length (tiny values: simulator smoke runs)")
     ap.add_argument("--decode-tokens", type=int, default=128, help="single-sequence decode steps")
@@ -158,9 +159,9 @@ def main() -> int:
         return 0
     from numba import cuda
 
-    from engine.assets import default_model_path
     from engine.llm import LLM
-    gguf = Path(args.model) if args.model else default_model_path()
+    from engine.model_registry import SMOLLM2, resolve_model
+    gguf = resolve_model(args.model or SMOLLM2)
     t0 = time.perf_counter()
     llm = LLM.load(gguf, device="cuda")
     llm.warm_up()                                            # compiles every kernel a step can reach

@@ -124,8 +124,8 @@ def main() -> None:
             result["first_token_s_warm_cache"] = first_token_seconds(args.model, args.threads, cache)
     result.update(measure_engine(args.model, args.threads, args.repeats))
     if args.peers:
-        from engine.assets import default_model_path
-        gguf = args.model or str(default_model_path())
+        from engine.model_registry import resolve_model
+        gguf = str(resolve_model(args.model))          # the file measure_engine loaded: a name, a path or the default
         peers = {
             "llama.cpp": run_peer("bench_llamacpp.py", gguf, args.threads),
             "transformers": run_peer("bench_hf.py", str(Path(gguf).parent), args.threads),
