@@ -73,8 +73,11 @@ $(PEERS)/.installed:
 	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(PEERS)/bin/pip install --quiet llama-cpp-python==0.3.36
 	touch $@
 
+# MODEL=NAME (meshllm models list) or a GGUF path; SmolLM2 when not given
+MODEL ?= smollm2-135m-instruct
 bench-peers: setup $(PEERS)/.installed
-	$(BIN)/python bench/bench_engine.py --peers
+	test -f "$(MODEL)" || $(BIN)/meshllm models install $(MODEL)
+	$(BIN)/python bench/bench_engine.py --peers --model $(MODEL)
 
 lint: setup
 	$(BIN)/pip install --quiet ruff

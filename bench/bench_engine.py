@@ -7,8 +7,10 @@ Decode: 128 greedy tokens after a 16-token prompt, one forward per token, in the
 (float32 activations, the default) and the fast mode (int8 activations, `--fast`).
 First token: wall time from starting `meshllm generate --max-tokens 1` to its first output byte,
 with an empty numba cache (cold: compiles every kernel) and then with the cache it left (warm).
---peers runs llama.cpp and transformers (../shared/tools/) on the same prompt in this run, with the
-interpreter in .venv-peers (make bench-peers builds it), and prints our ratio to each.
+--peers runs llama.cpp (../shared/tools/bench_llamacpp.py) and transformers (bench/peers/) on the
+same GGUF and prompt in this run, with the interpreter in .venv-peers (make bench-peers builds it),
+and prints our ratio to each. --model takes a catalogue name or a path (default: SmolLM2, the
+model the reference numbers in DESIGN.md are for).
 """
 from __future__ import annotations
 
@@ -27,6 +29,16 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_TOOLS = ROOT.parent / "shared" / "tools"
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
 def peer_prompt(n: int) -> list[int]:
@@ -97,27 +109,33 @@ def first_token_seconds(model_path: str | None, threads: int, cache_dir: str) ->
     return round(elapsed, 2)
 
 
-def run_peer(script: str, arg: str, threads: int) -> dict:
+def run_peer(script: Path, gguf: str, threads: int) -> dict:
+    """A peer benchmark script in .venv-peers; its JSON plus its process's peak RSS."""
     python = ROOT / ".venv-peers" / "bin" / "python"
     if not python.exists():
         return {"error": "no .venv-peers: run `make bench-peers`"}
-    out = subprocess.run([str(python), str(SHARED_TOOLS / script), arg, str(threads)],
-                         capture_output=True, text=True)
-    if out.returncode:
-        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        proc = subprocess.Popen([str(python), str(script), gguf, str(threads)], stdout=stdout, stderr=stderr, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)        # this child's own rusage, not the max over children
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        stdout.seek(0)
+        stderr.seek(0)
+        out, err = stdout.read(), stderr.read().strip()
+    if proc.returncode:
+        return {"error": err.splitlines()[-1] if err else f"exit {proc.returncode}"}
+    return json.loads(out.strip().splitlines()[-1]) | {"peak_rss_MB": round(usage.ru_maxrss / 1024, 1)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None)
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="catalogue name or GGUF path")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--peers", action="store_true")
     ap.add_argument("--skip-startup", action="store_true", help="skip the first-token subprocess runs")
     args = ap.parse_args()
 
-    result = {"engine": "meshllm", "threads": args.threads}
+    result = {"engine": "meshllm", "model": args.model, "cpu": cpu_name(), "threads": args.threads}
     if not args.skip_startup:
         with tempfile.TemporaryDirectory() as cache:
             result["first_token_s_cold_cache"] = first_token_seconds(args.model, args.threads, cache)
@@ -127,8 +145,8 @@ def main() -> None:
         from engine.model_registry import resolve_model
         gguf = str(resolve_model(args.model))          # the file measure_engine loaded: a name, a path or the default
         peers = {
-            "llama.cpp": run_peer("bench_llamacpp.py", gguf, args.threads),
-            "transformers": run_peer("bench_hf.py", str(Path(gguf).parent), args.threads),
+            "llama.cpp": run_peer(SHARED_TOOLS / "bench_llamacpp.py", gguf, args.threads),
+            "transformers": run_peer(ROOT / "bench" / "peers" / "bench_transformers.py", gguf, args.threads),
         }
         result["peers"] = peers
         for name, peer in peers.items():

@@ -8,23 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 
 import numpy as np
+from bench_engine import cpu_name  # bench/ is on sys.path when run as a script
 
 from engine import runtime
 from engine.kernels.cpu.attention import paged_attention_window, write_kv
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main() -> None:
