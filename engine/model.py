@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba.typed import List
 
+from .architectures import FFN_GELU_TANH, ROPE_NEOX
 from .gguf_file import GGUFError, GGUFFile
 from .kernels.cpu.llama import (
     ATTN_NORM,
@@ -26,7 +27,6 @@ from .kernels.cpu.llama import (
     output_logits,
 )
 from .kernels.cpu.ops import embed, rope_tables
-from .architectures import ROPE_NEOX, FFN_GELU_TANH
 from .kernels.ggml_types import SUPPORTED_TYPES
 from .model_config import ModelConfig
 from .quants import quant_type
