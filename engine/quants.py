@@ -18,9 +18,21 @@ Layouts (bytes, little endian; "f16" is an IEEE half):
         8 sub-blocks of 32, each with a 6-bit scale and a 6-bit min packed in `scales`;
         qs[32c:32c+32] holds sub-block 2c in its low nibbles and 2c+1 in its high nibbles.
         w = (d*sc)*nibble - dmin*min
+  Q5_K  256 weights in 176 B: d:f16 | dmin:f16 | scales:u8[12] | qh:u8[32] | qs:u8[128]
+        Q4_K's scales and nibbles, plus a fifth bit: bit i of qh[l] for weight 32i+l.
+        w = (d*sc)*q - dmin*min
   Q6_K  256 weights in 210 B: ql:u8[128] | qh:u8[64] | scales:i8[16] | d:f16
         16 groups of 16 weights, one int8 scale each; q = 4 low bits from ql, 2 high bits
         from qh, minus 32.  w = (d*scale)*q
+  Q3_K  256 weights in 110 B: hmask:u8[32] | qs:u8[64] | scales:u8[12] | d:f16
+        weight 128h + 32s + l (h < 2, s < 4, l < 32): 2 bits (qs[32h+l] >> 2s) & 3, minus 4
+        unless bit 4h+s of hmask[l] is set. 16 groups of 16, each a 6-bit scale minus 32:
+        4 low bits in scales[0:8] (nibble j//8 of byte j%8), 2 high bits in scales[8:12]
+        (bits 2(j//4).. of byte 8 + j%4).  w = (d*scale)*q
+  Q2_K  256 weights in 84 B:  scales:u8[16] | qs:u8[64] | d:f16 | dmin:f16
+        q as Q3_K's 2 low bits; group j of 16 has scale scales[j] & 15, min scales[j] >> 4.
+        w = (d*scale)*q - dmin*min
+  BF16  one bfloat16 per weight: the high 16 bits of a float32
 """
 from __future__ import annotations
 
@@ -137,6 +149,65 @@ class Q4_K(QuantType):
         return (scale * q - offset).reshape(n, 256)
 
 
+class Q5_K(QuantType):
+    def dequantize_blocks(self, blocks):
+        n = blocks.shape[0]
+        d = _f16(blocks[:, 0:2])
+        dmin = _f16(blocks[:, 2:4])
+        sc, mn = q4_k_scale_min(blocks[:, 4:16])
+        scale = (d * sc.astype(np.float32)).reshape(n, 8, 1)
+        offset = (dmin * mn.astype(np.float32)).reshape(n, 8, 1)
+        qs = blocks[:, 48:176].reshape(n, 4, 32)
+        low = np.stack([qs & 0x0F, qs >> 4], axis=2).reshape(n, 8, 32)
+        high = ((blocks[:, 16:48].reshape(n, 1, 32) >> _BIT_INDEX) & 1) << 4
+        return (scale * (low | high).astype(np.float32) - offset).reshape(n, 256)
+
+
+_BIT_INDEX = np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
+_CRUMB_SHIFT = np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)
+
+
+def _crumbs(qs: np.ndarray) -> np.ndarray:
+    """(n, 64) bytes -> (n, 256) uint8 2-bit values: weight 128h + 32s + l is (qs[32h+l] >> 2s) & 3."""
+    return ((qs.reshape(-1, 2, 1, 32) >> _CRUMB_SHIFT) & 3).reshape(-1, 256)
+
+
+def q3_k_scales(scales: np.ndarray) -> np.ndarray:
+    """scales (n, 12) uint8 -> (n, 16) int8: the signed 6-bit scales of the 16 groups."""
+    sc = np.empty((scales.shape[0], 16), np.uint8)
+    for j in range(16):
+        low = (scales[:, j % 8] >> (4 * (j // 8))) & 0x0F
+        high = (scales[:, 8 + j % 4] >> (2 * (j // 4))) & 3
+        sc[:, j] = low | (high << 4)
+    return sc.astype(np.int8) - np.int8(32)
+
+
+class Q3_K(QuantType):
+    def dequantize_blocks(self, blocks):
+        n = blocks.shape[0]
+        high = (blocks[:, 0:32].reshape(n, 1, 32) >> _BIT_INDEX) & 1
+        q = _crumbs(blocks[:, 32:96]).astype(np.int8) - ((high ^ 1) << 2).reshape(n, 256).astype(np.int8)
+        scale = (_f16(blocks[:, 108:110]) * q3_k_scales(blocks[:, 96:108]).astype(np.float32)).reshape(n, 16, 1)
+        return (scale * q.reshape(n, 16, 16).astype(np.float32)).reshape(n, 256)
+
+
+class Q2_K(QuantType):
+    def dequantize_blocks(self, blocks):
+        n = blocks.shape[0]
+        scales = blocks[:, 0:16]
+        d = _f16(blocks[:, 80:82])
+        dmin = _f16(blocks[:, 82:84])
+        scale = (d * (scales & 0x0F).astype(np.float32)).reshape(n, 16, 1)
+        offset = (dmin * (scales >> 4).astype(np.float32)).reshape(n, 16, 1)
+        q = _crumbs(blocks[:, 16:80]).reshape(n, 16, 16).astype(np.float32)
+        return (scale * q - offset).reshape(n, 256)
+
+
+class BF16(QuantType):
+    def dequantize_blocks(self, blocks):
+        return (blocks.copy().view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
 class Q6_K(QuantType):
     def dequantize_blocks(self, blocks):
         n = blocks.shape[0]
@@ -167,7 +238,11 @@ QUANT_TYPES: dict[int, QuantType] = {
         Q5_0("Q5_0", int(GGMLType.Q5_0), 32, 22),
         Q5_1("Q5_1", int(GGMLType.Q5_1), 32, 24),
         Q4_K("Q4_K", int(GGMLType.Q4_K), 256, 144),
+        Q5_K("Q5_K", int(GGMLType.Q5_K), 256, 176),
         Q6_K("Q6_K", int(GGMLType.Q6_K), 256, 210),
+        Q3_K("Q3_K", int(GGMLType.Q3_K), 256, 110),
+        Q2_K("Q2_K", int(GGMLType.Q2_K), 256, 84),
+        BF16("BF16", int(GGMLType.BF16), 1, 2),
     )
 }
 

@@ -16,9 +16,9 @@ from engine.quants import QUANT_TYPES, quant_type
 
 # byte offsets of the f16 scale fields inside one block
 _SCALE_FIELDS = {"Q8_0": (0,), "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q4_K": (0, 2),
-                 "Q6_K": (208,)}
+                 "Q5_K": (0, 2), "Q6_K": (208,), "Q3_K": (108,), "Q2_K": (80, 82)}
 _WITH_MIN = {"Q4_1": 16, "Q5_1": 32}           # w = d*q + m, q in 0..levels-1
-GGUF_QUANTIZED = ("Q5_0", "Q5_1")
+GGUF_QUANTIZED = ("Q5_0", "Q5_1", "BF16")
 
 
 def random_blocks(ggml_type: int, rows: int, cols: int, rng: np.random.Generator, scale: float = 0.05) -> np.ndarray:
@@ -41,7 +41,7 @@ def random_block_bytes(ggml_type: int, rows: int, cols: int, rng: np.random.Gene
     qt = quant_type(ggml_type)
     data = rng.integers(0, 256, (rows, qt.row_bytes(cols)), dtype=np.uint8)
     blocks = data.reshape(-1, qt.type_size)
-    for offset in _SCALE_FIELDS[qt.name]:
+    for offset in _SCALE_FIELDS.get(qt.name, ()):      # BF16: every bit pattern, NaNs too
         values = rng.uniform(-scale, scale, (blocks.shape[0], 1)).astype(np.float16)
         if offset == 0 and qt.name not in _WITH_MIN:
             values = np.abs(values)

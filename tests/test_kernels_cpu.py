@@ -125,7 +125,7 @@ def test_silu_mul_and_add(rng):
     np.testing.assert_array_equal(x, up + gate)
 
 
-@pytest.mark.parametrize("ggml_type", [8, 3, 6, 0], ids=["Q8_0", "Q4_1", "Q5_0", "F32"])
+@pytest.mark.parametrize("ggml_type", [8, 3, 6, 30, 0], ids=["Q8_0", "Q4_1", "Q5_0", "BF16", "F32"])
 def test_embedding_rows(ggml_type, rng):
     table = random_blocks(ggml_type, 50, 256, rng)
     ids = np.array([0, 49, 7, 7], np.int32)

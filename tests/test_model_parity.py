@@ -80,7 +80,8 @@ def test_fast_mode_is_no_further_from_fp32_than_llama_cpp(fast_llm, hf_reference
     assert ours_top1 <= theirs_top1
 
 
-@pytest.mark.parametrize("matrix_type", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q6_K", "F16", "F32"])
+@pytest.mark.parametrize("matrix_type", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+                                         "Q6_K", "F16", "BF16", "F32"])
 def test_tiny_random_model_matches_numpy_reference(matrix_type, tiny_model_dir):
     """Every weight type through the whole model (written as a real GGUF file), exact mode:
     prefill of six tokens then one decode step, against the NumPy composition of the references."""

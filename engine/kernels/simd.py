@@ -153,6 +153,20 @@ def load_f16x16(typingctx, arr, idx):
     return f32x16(arr, idx), codegen
 
 
+@intrinsic
+def load_bf16x16(typingctx, arr, idx):
+    """16 bfloat16 at element idx (a byte offset for uint8 arrays), widened to f32x16: each is the
+    high half of a float32, so widening is a 16-bit shift, exact for every value (NaNs included)."""
+    _check_array(arr)
+    shorts = ir.VectorType(ir.IntType(16), LANES)
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1], shorts)
+        wide = builder.zext(builder.load(ptr, align=1), _VI)
+        return builder.bitcast(builder.shl(wide, ir.Constant(_VI, [16] * LANES)), _VF)
+    return f32x16(arr, idx), codegen
+
+
 def _halves_to_floats(builder, word):
     """An i32 read as two IEEE halves -> <2 x float>. The word goes into a zeroed vector register
     first: a scalar half load would otherwise become vpinsrw, which merges into (and so waits for)
@@ -421,8 +435,8 @@ def itof(typingctx, v):
 
 __all__ = [
     "LANES", "f32x16", "i32x16", "vzero", "vsplat", "vload", "vstore", "load_u8x16", "load_i8x16",
-    "load_f16x16", "load_f16", "load_f16_tail", "load_f16_pair", "load_f32", "load_bits16", "vadd", "vsub", "vmul",
-    "vdiv", "vfma",
+    "load_f16x16", "load_bf16x16", "load_f16", "load_f16_tail", "load_f16_pair", "load_f32", "load_bits16",
+    "vadd", "vsub", "vmul", "vdiv", "vfma",
     "vmax", "vabs", "vcopysign", "hsum", "store_hsum4", "hmax",
     "vexp", "iand", "ishr", "ishl", "isub", "ior", "itof",
 ]

@@ -6,7 +6,7 @@ dequantize_row is bit-exact with engine.quants: the same float operations in the
 import numpy as np
 from numba import njit
 
-from ..ggml_types import F16, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q6_K, Q8_0
+from ..ggml_types import BF16, F16, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
 from ..simd import (
     iand,
     ior,
@@ -14,8 +14,10 @@ from ..simd import (
     ishr,
     isub,
     itof,
+    load_bf16x16,
     load_bits16,
     load_f16,
+    load_f16_pair,
     load_f16_tail,
     load_f16x16,
     load_i8x16,
@@ -60,6 +62,36 @@ def q5_lanes(row, o, size):
     q = load_u8x16(row, o + size - 16)
     qh = o + size - 20
     return ior(iand(q, 15), load_bits16(row, qh, 0, 16)), ior(ishr(q, 4), load_bits16(row, qh, 16, 16))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def q5_k_lanes(row, o, j, part):
+    """The 5-bit values (0..31) of lanes 16*part.. of sub-block j of the Q5_K super-block at byte o."""
+    q = load_u8x16(row, o + 48 + (j // 2) * 32 + part * 16)
+    q = ishr(q, 4) if j % 2 else iand(q, 15)
+    return ior(q, ishl(iand(ishr(load_u8x16(row, o + 16 + part * 16), j), 1), 4))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def crumb_lanes(row, qs, i, part):
+    """2-bit values of weights 32i + 16*part.. of a Q2_K/Q3_K super-block whose qs start at byte qs."""
+    return iand(ishr(load_u8x16(row, qs + 32 * (i // 4) + 16 * part), 2 * (i % 4)), 3)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def q3_k_lanes(row, o, i, part):
+    """Signed 3-bit values (-4..3) of weights 32i + 16*part.. of the Q3_K super-block at byte o."""
+    high = iand(ishr(load_u8x16(row, o + 16 * part), i), 1)      # hmask bit i: no -4
+    return isub(ior(crumb_lanes(row, o + 32, i, part), ishl(high, 2)), 4)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def q3_k_scale(row, o, j):
+    """The signed 6-bit scale of 16-weight group j of the Q3_K super-block at byte o."""
+    s = o + 96
+    low = (row[s + j % 8] >> (4 * (j // 8))) & 15
+    high = (row[s + 8 + j % 4] >> (2 * (j // 4))) & 3
+    return np.int32(low | (high << 4)) - 32
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -130,9 +162,42 @@ def dequantize_row(ggml_type, row, out):
                     vstore(out, k + 32, vmul(vsplat(d * _f32(signed_byte(row[g + 2]))), itof(q2)))
                     vstore(out, k + 64, vmul(vsplat(d * _f32(signed_byte(row[g + 4]))), itof(q3)))
                     vstore(out, k + 96, vmul(vsplat(d * _f32(signed_byte(row[g + 6]))), itof(q4)))
+    elif ggml_type == Q5_K:
+        for sb in range(K // 256):
+            o = sb * 176
+            d, dmin = load_f16_pair(row, o)
+            for j in range(8):
+                sc, m = q4_k_scale_min(row, o, j)
+                scale = vsplat(d * _f32(sc))
+                offset = vsplat(dmin * _f32(m))
+                for part in range(2):
+                    q = q5_k_lanes(row, o, j, part)
+                    vstore(out, sb * 256 + j * 32 + part * 16, vsub(vmul(scale, itof(q)), offset))
+    elif ggml_type == Q3_K:
+        for sb in range(K // 256):
+            o = sb * 110
+            d = load_f16_tail(row, o + 108)
+            for i in range(8):
+                for part in range(2):
+                    scale = vsplat(d * _f32(q3_k_scale(row, o, 2 * i + part)))
+                    vstore(out, sb * 256 + i * 32 + part * 16, vmul(scale, itof(q3_k_lanes(row, o, i, part))))
+    elif ggml_type == Q2_K:
+        for sb in range(K // 256):
+            o = sb * 84
+            d, dmin = load_f16_pair(row, o + 80)
+            for i in range(8):
+                for part in range(2):
+                    sc = row[o + 2 * i + part]
+                    scale = vsplat(d * _f32(sc & 15))
+                    offset = vsplat(dmin * _f32(sc >> 4))
+                    q = crumb_lanes(row, o + 16, i, part)
+                    vstore(out, sb * 256 + i * 32 + part * 16, vsub(vmul(scale, itof(q)), offset))
     elif ggml_type == F16:
         for k in range(0, K, 16):
             vstore(out, k, load_f16x16(row, 2 * k))
+    elif ggml_type == BF16:
+        for k in range(0, K, 16):
+            vstore(out, k, load_bf16x16(row, 2 * k))
     else:
         for k in range(0, K, 16):
             vstore(out, k, vload(row, 4 * k))

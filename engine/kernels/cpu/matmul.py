@@ -6,7 +6,7 @@
 Three paths, chosen by the number of tokens T:
 - T < GEMM_MIN_TOKENS with int8_activations (decode, fast mode): x is quantized to int8 per
   16 values and integer dot products run on the weight blocks (matmul_q8.py), as llama.cpp does.
-- T < GEMM_MIN_TOKENS (decode, exact mode): float32 dot products on the blocks (matmul_f32.py).
+- T < GEMM_MIN_TOKENS (decode, exact mode): float32 dot products on the blocks (matmul_f32.py, dot_f32.py).
 - otherwise (prefill, batched decode): dequantized tiles and a float32 GEMM (matmul_f32.py).
 """
 import numpy as np

@@ -7,11 +7,12 @@ the integer products come out as two 16-lane halves anyway (dpbusd lanes 0-3 and
 A 32-weight block contributes, with dxv = the two dx of its halves,
     d_w * dxv * (q . qx)           integer products of unsigned q with signed qx (dpbusd)
 and a scalar offset term, with sum(xq) the sum of the dequantized qx:
-    Q4_1, Q5_1  + m * sum(xq)       Q4_K  - dmin * min * sum(xq)
+    Q4_1, Q5_1  + m * sum(xq)       Q4_K, Q5_K, Q2_K  - dmin * min * sum(xq)
     Q4_0  - 8 d * sum(xq)           Q6_K  - 32 d * scale * sum(xq)       Q8_0  - 128 d * sum(xq)
-    Q5_0  - 16 d * sum(xq)
-So every block computes exactly w . xq, the true weights times the quantized activations (signed
-weights go in as unsigned: nibble, 5 bits, 6 bits, int8 + 128). Using the exact sum(x) in the offsets
+    Q5_0  - 16 d * sum(xq)          Q3_K  - 4 d * scale * sum(xq)
+(Q6_K, Q3_K and Q2_K scale each 16 weights: their sums are per half block.) So every block
+computes exactly w . xq, the true weights times the quantized activations (signed weights go in
+as unsigned: nibble, 5 bits, 6 bits, 3 bits + 4, int8 + 128). Using the exact sum(x) in the offsets
 would look more precise and is not: the error would become d * q . (xq - x) over uncentred q
 instead of w . (xq - x) over the centred weights, about twice as large on real activations.
 
@@ -21,7 +22,7 @@ instead of w . (xq - x) over the centred weights, about twice as large on real a
 import numpy as np
 from numba import literally, njit, prange
 
-from ..ggml_types import Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q6_K, Q8_0
+from ..ggml_types import Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
 from ..simd import load_f16, load_f16_pair, load_f16_tail, load_f32
 from ..simd_int8 import (
     band,
@@ -43,7 +44,7 @@ from ..simd_int8 import (
     vsplat8x2,
     vzero8,
 )
-from .dequant import q4_k_scale_min, signed_byte
+from .dequant import q3_k_scale, q4_k_scale_min, signed_byte
 
 _f32 = np.float32
 
@@ -147,6 +148,47 @@ def _q6_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
     return acc, offset - _f32(32.0) * (s_lo * xqs_lo + s_hi * xqs_hi)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _q5_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
+    o = (b // 8) * 176                           # super-block; b % 8 is the sub-block
+    j = b % 8
+    packed = load_u8x32(row, o + 48 + (j // 2) * 32)
+    low = bshr(packed, 4) if j % 2 else band(packed, 15)
+    q = bor(low, bshl(band(bshr(load_u8x32(row, o + 16), j), 1), 4))
+    sc, m = q4_k_scale_min(row, o, j)
+    d, dmin = load_f16_pair(row, o)
+    p = itof8(dpbusd(izero8(), q, xq))
+    acc = vfma8(vmul8(p, dxv), vsplat8(d * _f32(sc)), acc)
+    return acc, offset - dmin * _f32(m) * (xqs_lo + xqs_hi)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _q3_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
+    o = (b // 8) * 110                           # super-block; i = b % 8 is the hmask bit
+    i = b % 8
+    low = band(bshr(load_u8x32(row, o + 32 + 32 * (i // 4)), 2 * (i % 4)), 3)
+    q = bor(low, bshl(band(bshr(load_u8x32(row, o), i), 1), 2))      # 3 bits: the value + 4
+    d = load_f16_tail(row, o + 108)
+    s_lo = d * _f32(q3_k_scale(row, o, 2 * i))
+    s_hi = d * _f32(q3_k_scale(row, o, 2 * i + 1))
+    p = itof8(dpbusd(izero8(), q, xq))
+    acc = vfma8(vmul8(p, dxv), vsplat8x2(s_lo, s_hi), acc)
+    return acc, offset - _f32(4.0) * (s_lo * xqs_lo + s_hi * xqs_hi)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _q2_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
+    o = (b // 8) * 84
+    i = b % 8
+    q = band(bshr(load_u8x32(row, o + 16 + 32 * (i // 4)), 2 * (i % 4)), 3)
+    d, dmin = load_f16_pair(row, o + 80)
+    sc_lo = row[o + 2 * i]                       # scale | min << 4 of the two 16-weight groups
+    sc_hi = row[o + 2 * i + 1]
+    p = itof8(dpbusd(izero8(), q, xq))
+    acc = vfma8(vmul8(p, dxv), vsplat8x2(d * _f32(sc_lo & 15), d * _f32(sc_hi & 15)), acc)
+    return acc, offset - dmin * (_f32(sc_lo >> 4) * xqs_lo + _f32(sc_hi >> 4) * xqs_hi)
+
+
 # ------------------------------------------------------------------ rows
 
 @njit(cache=True, nogil=True, inline="always")
@@ -163,6 +205,12 @@ def _block(ggml_type, row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
         return _q4_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
     if ggml_type == Q6_K:
         return _q6_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
+    if ggml_type == Q5_K:
+        return _q5_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
+    if ggml_type == Q3_K:
+        return _q3_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
+    if ggml_type == Q2_K:
+        return _q2_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
     return _q4_0(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
 
 
@@ -198,7 +246,7 @@ def _row_dot(ggml_type, row, qx, dx, xqsum16):
 def has_int8_kernel(ggml_type):
     """ggml_type in INT8_ACTIVATION_TYPES: row_dot_q8 has a kernel for it."""
     return (ggml_type == Q4_0 or ggml_type == Q4_1 or ggml_type == Q5_0 or ggml_type == Q5_1 or ggml_type == Q8_0
-            or ggml_type == Q4_K or ggml_type == Q6_K)
+            or ggml_type == Q2_K or ggml_type == Q3_K or ggml_type == Q4_K or ggml_type == Q5_K or ggml_type == Q6_K)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -216,6 +264,12 @@ def row_dot_q8(ggml_type, row, qx, dx, xqsum16):
         return _row_dot(Q4_K, row, qx, dx, xqsum16)
     if ggml_type == Q6_K:
         return _row_dot(Q6_K, row, qx, dx, xqsum16)
+    if ggml_type == Q5_K:
+        return _row_dot(Q5_K, row, qx, dx, xqsum16)
+    if ggml_type == Q3_K:
+        return _row_dot(Q3_K, row, qx, dx, xqsum16)
+    if ggml_type == Q2_K:
+        return _row_dot(Q2_K, row, qx, dx, xqsum16)
     return _row_dot(Q4_0, row, qx, dx, xqsum16)
 
 

@@ -12,8 +12,9 @@ Batch-sized steps go through matmul (its GEMM path) matrix by matrix.
 import numpy as np
 from numba import njit, prange
 
+from .dot_f32 import dot_row
 from .matmul import GEMM_MIN_TOKENS, matmul
-from .matmul_f32 import block_sums, dot_row
+from .matmul_f32 import block_sums
 from .matmul_q8 import has_int8_kernel, quantize_rows, row_dot_q8
 
 

@@ -1,0 +1,290 @@
+"""One weight row in its GGML blocks dotted with float32 activations, decoded in registers (CPU, numba).
+
+    dot_row(ggml_type, row (row_bytes,) u8, x (K,) f32, xsum (K/32,) f32 sums of x per 32) -> f32
+
+One `dot_<type>` per type, dispatched per row by dot_row (the exact mode's decode path:
+matmul_f32.matmul_rows_f32, projections). A block's contribution is d * (q . x) [+ m * sum(x)]:
+the dequantized row dotted with x up to float rounding.
+"""
+import numpy as np
+from numba import njit
+
+from ..ggml_types import BF16, F16, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
+from ..simd import (
+    hsum,
+    iand,
+    ior,
+    ishl,
+    ishr,
+    isub,
+    itof,
+    load_bf16x16,
+    load_f16,
+    load_f16_pair,
+    load_f16_tail,
+    load_f16x16,
+    load_f32,
+    load_i8x16,
+    load_u8x16,
+    vadd,
+    vfma,
+    vload,
+    vmul,
+    vsplat,
+    vsub,
+    vzero,
+)
+from .dequant import crumb_lanes, q3_k_lanes, q3_k_scale, q4_k_scale_min, q5_lanes, q6_k_lanes, signed_byte
+
+_f32 = np.float32
+
+
+@njit(cache=True, nogil=True, inline="always")
+def dot_q4_0(row, x, xsum):
+    acc = vzero()
+    correction = _f32(0.0)
+    for b in range(x.shape[0] // 32):
+        o = b * 18
+        k = b * 32
+        q = load_u8x16(row, o + 2)
+        s = vmul(itof(iand(q, 15)), vload(x, k))
+        s = vfma(itof(ishr(q, 4)), vload(x, k + 16), s)
+        d = load_f16(row, o)
+        acc = vfma(vsplat(d), s, acc)
+        correction += d * _f32(8.0) * xsum[b]        # the -8 offset of every nibble
+    return hsum(acc) - correction
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _q4_1_block(row, b, x, xsum, acc, mins):
+    o = b * 20
+    k = b * 32
+    q = load_u8x16(row, o + 4)
+    s = vmul(itof(iand(q, 15)), vload(x, k))
+    s = vfma(itof(ishr(q, 4)), vload(x, k + 16), s)
+    d, m = load_f16_pair(row, o)
+    return vfma(vsplat(d), s, acc), mins + m * load_f32(xsum, b)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def dot_q4_1(row, x, xsum):
+    acc0 = vzero()
+    acc1 = vzero()                                     # two chains hide the FMA latency
+    mins0 = _f32(0.0)
+    mins1 = _f32(0.0)
+    nblk = x.shape[0] // 32
+    for b in range(0, nblk - 1, 2):
+        acc0, mins0 = _q4_1_block(row, b, x, xsum, acc0, mins0)
+        acc1, mins1 = _q4_1_block(row, b + 1, x, xsum, acc1, mins1)
+    if nblk % 2:
+        acc0, mins0 = _q4_1_block(row, nblk - 1, x, xsum, acc0, mins0)
+    return hsum(vadd(acc0, acc1)) + mins0 + mins1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _q5_0_block(row, b, x, acc):
+    o = b * 22
+    k = b * 32
+    lo, hi = q5_lanes(row, o, 22)
+    s = vmul(itof(isub(lo, 16)), vload(x, k))          # the offset inside the lanes: no xsum
+    s = vfma(itof(isub(hi, 16)), vload(x, k + 16), s)
+    return vfma(vsplat(load_f16(row, o)), s, acc)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def dot_q5_0(row, x, xsum):
+    acc0 = vzero()
+    acc1 = vzero()                                     # two chains hide the FMA latency
+    nblk = x.shape[0] // 32
+    for b in range(0, nblk - 1, 2):
+        acc0 = _q5_0_block(row, b, x, acc0)
+        acc1 = _q5_0_block(row, b + 1, x, acc1)
+    if nblk % 2:
+        acc0 = _q5_0_block(row, nblk - 1, x, acc0)
+    return hsum(vadd(acc0, acc1))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def dot_q5_1(row, x, xsum):
+    acc = vzero()
+    mins = _f32(0.0)
+    for b in range(x.shape[0] // 32):
+        o = b * 24
+        k = b * 32
+        lo, hi = q5_lanes(row, o, 24)
+        s = vmul(itof(lo), vload(x, k))
+        s = vfma(itof(hi), vload(x, k + 16), s)
+        d, m = load_f16_pair(row, o)
+        acc = vfma(vsplat(d), s, acc)
+        mins += m * load_f32(xsum, b)
+    return hsum(acc) + mins
+
+
+@njit(cache=True, nogil=True, inline="always")
+def dot_q8_0(row, x, xsum):
+    acc0 = vzero()
+    acc1 = vzero()
+    for b in range(x.shape[0] // 32):
+        o = b * 34
+        k = b * 32
+        d = vsplat(load_f16(row, o))
+        acc0 = vfma(d, vmul(itof(load_i8x16(row, o + 2)), vload(x, k)), acc0)
+        acc1 = vfma(d, vmul(itof(load_i8x16(row, o + 18)), vload(x, k + 16)), acc1)
+    return hsum(vadd(acc0, acc1))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def dot_q4_k(row, x, xsum):
+    acc = vzero()
+    mins = _f32(0.0)
+    for sb in range(x.shape[0] // 256):
+        o = sb * 144
+        d, dmin = load_f16_pair(row, o)
+        for c in range(4):                              # 64 weights: sub-blocks 2c and 2c+1
+            k = sb * 256 + c * 64
+            qa = load_u8x16(row, o + 16 + c * 32)
+            qb = load_u8x16(row, o + 32 + c * 32)
+            sc, m = q4_k_scale_min(row, o, 2 * c)
+            s = vmul(itof(iand(qa, 15)), vload(x, k))
+            s = vfma(itof(iand(qb, 15)), vload(x, k + 16), s)
+            acc = vfma(vsplat(d * _f32(sc)), s, acc)
+            mins += dmin * _f32(m) * xsum[k // 32]
+            sc, m = q4_k_scale_min(row, o, 2 * c + 1)
+            s = vmul(itof(ishr(qa, 4)), vload(x, k + 32))
+            s = vfma(itof(ishr(qb, 4)), vload(x, k + 48), s)
+            acc = vfma(vsplat(d * _f32(sc)), s, acc)
+            mins += dmin * _f32(m) * xsum[k // 32 + 1]
+    return hsum(acc) - mins
+
+
+@njit(cache=True, nogil=True, inline="always")
+def dot_q6_k(row, x, xsum):
+    acc = vzero()
+    for sb in range(x.shape[0] // 256):
+        o = sb * 210
+        d = load_f16_tail(row, o + 208)
+        for half in range(2):
+            for chunk in range(2):
+                q1, q2, q3, q4 = q6_k_lanes(row, o, half, chunk)
+                k = sb * 256 + half * 128 + chunk * 16
+                g = o + 192 + 8 * half + chunk          # int8 scale of this lane group
+                acc = vfma(vsplat(d * _f32(signed_byte(row[g]))), vmul(itof(q1), vload(x, k)), acc)
+                acc = vfma(vsplat(d * _f32(signed_byte(row[g + 2]))), vmul(itof(q2), vload(x, k + 32)), acc)
+                acc = vfma(vsplat(d * _f32(signed_byte(row[g + 4]))), vmul(itof(q3), vload(x, k + 64)), acc)
+                acc = vfma(vsplat(d * _f32(signed_byte(row[g + 6]))), vmul(itof(q4), vload(x, k + 96)), acc)
+    return hsum(acc)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _fifth_bits(qh, j):
+    """16 at lanes whose qh byte has bit j set (the fifth bit of Q5_K sub-block j), else 0."""
+    return iand(ishr(ishl(qh, 4), j), 16)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def dot_q5_k(row, x, xsum):
+    """As dot_q4_k; the two 16-byte halves of qh are loaded once per super-block."""
+    acc = vzero()
+    mins = _f32(0.0)
+    for sb in range(x.shape[0] // 256):
+        o = sb * 176
+        d, dmin = load_f16_pair(row, o)
+        h0 = load_u8x16(row, o + 16)
+        h1 = load_u8x16(row, o + 32)
+        for c in range(4):                              # 64 weights: sub-blocks 2c and 2c+1
+            k = sb * 256 + c * 64
+            qa = load_u8x16(row, o + 48 + c * 32)
+            qb = load_u8x16(row, o + 64 + c * 32)
+            sc, m = q4_k_scale_min(row, o, 2 * c)
+            s = vmul(itof(ior(iand(qa, 15), _fifth_bits(h0, 2 * c))), vload(x, k))
+            s = vfma(itof(ior(iand(qb, 15), _fifth_bits(h1, 2 * c))), vload(x, k + 16), s)
+            acc = vfma(vsplat(d * _f32(sc)), s, acc)
+            mins += dmin * _f32(m) * xsum[k // 32]
+            sc, m = q4_k_scale_min(row, o, 2 * c + 1)
+            s = vmul(itof(ior(ishr(qa, 4), _fifth_bits(h0, 2 * c + 1))), vload(x, k + 32))
+            s = vfma(itof(ior(ishr(qb, 4), _fifth_bits(h1, 2 * c + 1))), vload(x, k + 48), s)
+            acc = vfma(vsplat(d * _f32(sc)), s, acc)
+            mins += dmin * _f32(m) * xsum[k // 32 + 1]
+    return hsum(acc) - mins
+
+
+@njit(cache=True, nogil=True, inline="always")
+def dot_q3_k(row, x, xsum):
+    acc = vzero()
+    for sb in range(x.shape[0] // 256):
+        o = sb * 110
+        d = load_f16_tail(row, o + 108)
+        for g in range(16):                              # 16-weight groups: 32i + 16*part
+            q = q3_k_lanes(row, o, g // 2, g % 2)
+            acc = vfma(vsplat(d * _f32(q3_k_scale(row, o, g))), vmul(itof(q), vload(x, sb * 256 + g * 16)), acc)
+    return hsum(acc)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def dot_q2_k(row, x, xsum):
+    """Mins per 16 weights, finer than xsum's blocks of 32: each weight is formed in full (as the
+    reference does) and dotted, which also spares the cancellation of two large sums."""
+    acc = vzero()
+    for sb in range(x.shape[0] // 256):
+        o = sb * 84
+        d, dmin = load_f16_pair(row, o + 80)
+        for g in range(16):                              # 16-weight groups: 32i + 16*part
+            sc = row[o + g]
+            w = vsub(vmul(vsplat(d * _f32(sc & 15)), itof(crumb_lanes(row, o + 16, g // 2, g % 2))),
+                     vsplat(dmin * _f32(sc >> 4)))
+            acc = vfma(w, vload(x, sb * 256 + g * 16), acc)
+    return hsum(acc)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def dot_f16(row, x, xsum):
+    acc = vzero()
+    for k in range(0, x.shape[0], 16):
+        acc = vfma(load_f16x16(row, 2 * k), vload(x, k), acc)
+    return hsum(acc)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def dot_bf16(row, x, xsum):
+    acc = vzero()
+    for k in range(0, x.shape[0], 16):
+        acc = vfma(load_bf16x16(row, 2 * k), vload(x, k), acc)
+    return hsum(acc)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def dot_f32(row, x, xsum):
+    acc = vzero()
+    for k in range(0, x.shape[0], 16):
+        acc = vfma(vload(row, 4 * k), vload(x, k), acc)
+    return hsum(acc)
+
+
+@njit(cache=True, nogil=True)
+def dot_row(ggml_type, row, x, xsum):
+    """row . x for one weight row of any supported type; the types most matrices use first."""
+    if ggml_type == Q4_K:
+        return dot_q4_k(row, x, xsum)
+    if ggml_type == Q6_K:
+        return dot_q6_k(row, x, xsum)
+    if ggml_type == Q5_0:
+        return dot_q5_0(row, x, xsum)
+    if ggml_type == Q8_0:
+        return dot_q8_0(row, x, xsum)
+    if ggml_type == Q4_1:
+        return dot_q4_1(row, x, xsum)
+    if ggml_type == Q4_0:
+        return dot_q4_0(row, x, xsum)
+    if ggml_type == Q5_K:
+        return dot_q5_k(row, x, xsum)
+    if ggml_type == Q3_K:
+        return dot_q3_k(row, x, xsum)
+    if ggml_type == Q2_K:
+        return dot_q2_k(row, x, xsum)
+    if ggml_type == Q5_1:
+        return dot_q5_1(row, x, xsum)
+    if ggml_type == F16:
+        return dot_f16(row, x, xsum)
+    if ggml_type == BF16:
+        return dot_bf16(row, x, xsum)
+    return dot_f32(row, x, xsum)
