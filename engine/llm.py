@@ -1,6 +1,7 @@
 """A loaded model with its tokenizer and chat template: what a caller needs to turn text into text."""
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 
@@ -8,10 +9,12 @@ import numpy as np
 
 from .chat_template import ChatMessage, ChatTemplate
 from .device import load_model, resolve_device
-from .gguf_file import GGUFFile
+from .gguf_file import GGUFError, GGUFFile
 from .model import ForwardBatch, LlamaModel
 from .model_registry import resolve_model
 from .tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
 
 
 class LLM:
@@ -24,9 +27,16 @@ class LLM:
     def load(cls, path: str | os.PathLike | None = None, int8_activations: bool = False, device: str = "cpu") -> LLM:
         """path: a GGUF file or a catalogue name (engine.model_registry); None: its DEFAULT_MODEL.
         device: "cpu", "cuda" or "auto" (CUDA when numba finds a GPU), see engine.device."""
-        device = resolve_device(device)              # before reading anything: a bad device fails fast
+        resolved = resolve_device(device)            # before reading anything: a bad device fails fast
         gguf = GGUFFile.open(resolve_model(path))
-        model = load_model(gguf, device, int8_activations)
+        try:
+            model = load_model(gguf, resolved, int8_activations)
+        except GGUFError as e:
+            if (device or "auto").lower() != "auto" or resolved != "cuda":
+                raise
+            # auto found a GPU, but the CUDA kernels lack this architecture or a tensor type
+            log.warning("%s; running on the CPU", e)
+            model = load_model(gguf, "cpu", int8_activations)
         return cls(model, Tokenizer.from_gguf(gguf))
 
     @property

@@ -101,3 +101,13 @@ def test_a_type_without_cuda_kernel_is_a_clear_error(tmp_path):
     path = write_tiny_llama(tmp_path / "q5_0.gguf", vocab=300, hidden=64, ffn=128, matrix_type="Q5_0")
     with pytest.raises(GGUFError, match="Q5_0 has no CUDA kernel"):
         CudaLlamaModel.load(path)
+
+
+def test_an_architecture_without_cuda_kernels_is_refused_or_runs_on_the_cpu_with_auto(tmp_path):
+    """qwen2's biases have no CUDA kernel yet: --device cuda refuses it by name; --device auto (which
+    finds the simulated GPU here) runs it on the CPU instead."""
+    from engine.llm import LLM
+    path = write_tiny_llama(tmp_path / "qwen2.gguf", vocab=300, hidden=64, ffn=128, architecture="qwen2")
+    with pytest.raises(GGUFError, match="architecture 'qwen2' runs on the CPU backend only"):
+        LLM.load(path, device="cuda")
+    assert type(LLM.load(path, device="auto").model) is LlamaModel
