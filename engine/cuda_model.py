@@ -1,4 +1,4 @@
-"""The Llama model on an NVIDIA GPU: LlamaModel's interface, numba.cuda kernels underneath.
+"""The Llama model on an NVIDIA GPU: DecoderModel's interface, numba.cuda kernels underneath.
 
 Weights are uploaded once, as the GGUF file's raw quantized bytes (the kernels dequantize inside
 the matmuls); the KV block pool lives on the device. A step copies its batch description in (one
@@ -23,7 +23,7 @@ from .kernels.cuda.launch import MAX_HEAD_DIM
 from .kernels.cuda.llama import Workspace, decoder_stack, output_logits
 from .kernels.cuda.ops import embed, fill, rope_tables
 from .kernels.cuda.sampling import sample
-from .model import ForwardBatch, LlamaModel
+from .model import DecoderModel, ForwardBatch
 from .model_config import ModelConfig
 from .quants import quant_type
 
@@ -75,14 +75,14 @@ class CudaKVCache:
 
 
 class CudaLlamaModel:
-    """LlamaModel on the GPU. Activations are float32 (int8_activations is not supported here)."""
+    """DecoderModel on the GPU. Activations are float32 (int8_activations is not supported here)."""
 
     device = "cuda"
 
     def __init__(self, gguf: GGUFFile, int8_activations: bool = False):
         if int8_activations:
             log.warning("int8 activations (--fast) are a CPU mode: the CUDA backend computes in float32")
-        host = LlamaModel(gguf)                       # validates shapes and types; views, no copies
+        host = DecoderModel(gguf)                     # validates shapes and types; views, no copies
         if host.config.architecture not in CUDA_ARCHITECTURES:
             raise GGUFError(f"architecture {host.config.architecture!r} runs on the CPU backend only for now "
                             f"(CUDA kernels cover {', '.join(CUDA_ARCHITECTURES)}): use --device cpu")

@@ -46,5 +46,5 @@ def load_model(gguf, device: str = "cpu", int8_activations: bool = False):
     if device == "cuda":
         from .cuda_model import CudaLlamaModel
         return CudaLlamaModel(gguf, int8_activations)
-    from .model import LlamaModel
-    return LlamaModel(gguf, int8_activations)
+    from .model import DecoderModel
+    return DecoderModel(gguf, int8_activations)

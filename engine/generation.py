@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 
 from .llm_engine import EngineConfig, GenerationError, LLMEngine
-from .model import LlamaModel
+from .model import DecoderModel
 from .sequence import RequestOptions, TokenEvent
 from .tokenizer import Tokenizer
 
@@ -18,7 +18,7 @@ __all__ = ["Generator", "GenerationError", "RequestOptions", "TokenEvent"]
 class Generator:
     """A KV cache sized for the whole context; prefill in chunks of `prefill_chunk` tokens."""
 
-    def __init__(self, model: LlamaModel, tokenizer: Tokenizer, max_context: int | None = None,
+    def __init__(self, model: DecoderModel, tokenizer: Tokenizer, max_context: int | None = None,
                  block_size: int = 16, prefill_chunk: int = 512):
         context = min(max_context or model.config.context_length, model.config.context_length)
         # no prefault: a one-shot command would pay for the whole context's memory at start-up

@@ -10,7 +10,7 @@ import numpy as np
 from .chat_template import ChatMessage, ChatTemplate
 from .device import load_model, resolve_device
 from .gguf_file import GGUFError, GGUFFile
-from .model import ForwardBatch, LlamaModel
+from .model import DecoderModel, ForwardBatch
 from .model_registry import resolve_model
 from .tokenizer import Tokenizer
 
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 class LLM:
-    def __init__(self, model: LlamaModel, tokenizer: Tokenizer):
+    def __init__(self, model: DecoderModel, tokenizer: Tokenizer):
         self.model = model
         self.tokenizer = tokenizer
         self.chat_template = ChatTemplate.of_tokenizer(tokenizer)

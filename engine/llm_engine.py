@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from .block_pool import BlockPool
 from .block_store import BlockStore, InvalidBlock, decode_block, encode_block
 from .kv_cache_manager import KVCacheManager
-from .model import LlamaModel
+from .model import DecoderModel
 from .model_runner import ModelRunner
 from .scheduler import Scheduler
 from .sequence import RequestOptions, Sequence, TokenEvent
@@ -74,7 +74,7 @@ class EngineStats:
 
 
 class LLMEngine:
-    def __init__(self, model: LlamaModel, tokenizer: Tokenizer, config: EngineConfig | None = None,
+    def __init__(self, model: DecoderModel, tokenizer: Tokenizer, config: EngineConfig | None = None,
                  block_store: BlockStore | None = None):
         self.model = model
         self.tokenizer = tokenizer

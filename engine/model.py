@@ -87,8 +87,10 @@ class KVCache:
         self.v[:, block_id] = v
 
 
-class LlamaModel:
-    """int8_activations=False (the default, "exact") keeps every activation in float32 and gives
+class DecoderModel:
+    """Every architecture of engine/architectures.py, on the CPU kernels.
+
+    int8_activations=False (the default, "exact") keeps every activation in float32 and gives
     transformers' greedy tokens; True ("fast") quantizes activations to int8 in decode-sized steps,
     as llama.cpp does: faster, and like llama.cpp it flips near-tied tokens (SmolLM2's answer to
     "What is the capital of France?" among them)."""
@@ -162,7 +164,7 @@ class LlamaModel:
         return inv_freq / cfg.rope_scale
 
     @classmethod
-    def load(cls, path: str | os.PathLike, int8_activations: bool = False) -> LlamaModel:
+    def load(cls, path: str | os.PathLike, int8_activations: bool = False) -> DecoderModel:
         return cls(GGUFFile.open(path), int8_activations)
 
     def _matrix(self, name: str, rows: int, cols: int):

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .model import ForwardBatch, KVCache, LlamaModel
+from .model import DecoderModel, ForwardBatch, KVCache
 from .sequence import Sequence
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaModel, kv_cache: KVCache):
+    def __init__(self, model: DecoderModel, kv_cache: KVCache):
         self.model = model
         self.kv_cache = kv_cache
         self.block_size = kv_cache.block_size

@@ -4,7 +4,7 @@ import pytest
 from gguf_factory import write_tiny_llama
 
 from engine.gguf_file import GGUFError, GGUFFile
-from engine.model import LlamaModel
+from engine.model import DecoderModel
 from engine.model_config import ModelConfig
 
 
@@ -48,7 +48,7 @@ def test_truncated_file(tiny_model_dir, tmp_path):
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(full[: len(full) - 1000])
     with pytest.raises(GGUFError, match="truncated"):
-        LlamaModel.load(cut)
+        DecoderModel.load(cut)
     cut.write_bytes(full[:100])
     with pytest.raises(GGUFError, match="truncated"):
         GGUFFile.open(cut)

@@ -7,7 +7,7 @@ from test_model_parity import last_logits
 
 from engine.architectures import ARCHITECTURES
 from engine.kernels import reference as R
-from engine.model import ForwardBatch, LlamaModel
+from engine.model import DecoderModel, ForwardBatch
 from engine.model_config import ModelConfig
 
 TINY = {
@@ -22,7 +22,7 @@ TINY = {
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("arch")
-    return {name: LlamaModel.load(write_tiny_llama(folder / f"{name}.gguf", matrix_type="Q8_0", **kwargs))
+    return {name: DecoderModel.load(write_tiny_llama(folder / f"{name}.gguf", matrix_type="Q8_0", **kwargs))
             for name, kwargs in TINY.items()}
 
 
@@ -44,7 +44,7 @@ def test_gemma3_window_changes_the_output(tiny_models, tmp_path):
     """The window is not a no-op: the same weights with a window past the sequence differ."""
     ids = list(range(3, 24))
     windowed = last_logits(tiny_models["gemma3"], ids)
-    wide = LlamaModel.load(write_tiny_llama(tmp_path / "wide.gguf", matrix_type="Q8_0",
+    wide = DecoderModel.load(write_tiny_llama(tmp_path / "wide.gguf", matrix_type="Q8_0",
                                             **(TINY["gemma3"] | {"sliding_window": 64})))
     assert np.abs(windowed - last_logits(wide, ids)).max() > 1e-3
 

@@ -5,7 +5,7 @@ from gguf_factory import write_tiny_llama
 
 from engine.generation import Generator, RequestOptions
 from engine.kernels import reference as R
-from engine.model import ForwardBatch, LlamaModel
+from engine.model import DecoderModel, ForwardBatch
 from engine.sampling import GREEDY
 from engine.stopping import StoppingCriteria
 
@@ -87,7 +87,7 @@ def test_tiny_random_model_matches_numpy_reference(matrix_type, tiny_model_dir):
     prefill of six tokens then one decode step, against the NumPy composition of the references."""
     path = write_tiny_llama(tiny_model_dir / f"tiny_{matrix_type}.gguf", matrix_type=matrix_type,
                             tied=matrix_type != "Q4_K")
-    model = LlamaModel.load(path)
+    model = DecoderModel.load(path)
     ids = [5, 17, 33, 2, 60, 9, 11]
     ref = R.forward(model, np.array(ids))[-1]
     got = last_logits(model, ids)

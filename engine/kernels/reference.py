@@ -89,7 +89,7 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_heads: int
 def forward(model, token_ids: np.ndarray) -> np.ndarray:
     """Logits (T, vocab) of one sequence from position 0, composed from the references above.
 
-    `model` is an engine.model.LlamaModel (only its weights, per-layer tables and config are used);
+    `model` is an engine.model.DecoderModel (only its weights, per-layer tables and config are used);
     the architecture's switches (engine/architectures.py) are followed step by step.
     """
     from ..architectures import FFN_GELU_TANH, ROPE_NEOX

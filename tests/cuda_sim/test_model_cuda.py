@@ -7,7 +7,7 @@ from gguf_factory import write_tiny_llama
 
 from engine.cuda_model import CudaLlamaModel
 from engine.gguf_file import GGUFError
-from engine.model import ForwardBatch, LlamaModel
+from engine.model import DecoderModel, ForwardBatch
 
 BLOCK = 16
 
@@ -16,7 +16,7 @@ BLOCK = 16
 def models(tmp_path_factory):
     path = write_tiny_llama(tmp_path_factory.mktemp("cuda") / "tiny.gguf", vocab=300, hidden=64, ffn=128,
                             layers=2, heads=4, kv_heads=2, matrix_type="Q4_1", embedding_type="Q8_0", seed=3)
-    return LlamaModel.load(path), CudaLlamaModel.load(path)
+    return DecoderModel.load(path), CudaLlamaModel.load(path)
 
 
 def _batch(token_ids, start, table):
@@ -110,4 +110,4 @@ def test_an_architecture_without_cuda_kernels_is_refused_or_runs_on_the_cpu_with
     path = write_tiny_llama(tmp_path / "qwen2.gguf", vocab=300, hidden=64, ffn=128, architecture="qwen2")
     with pytest.raises(GGUFError, match="architecture 'qwen2' runs on the CPU backend only"):
         LLM.load(path, device="cuda")
-    assert type(LLM.load(path, device="auto").model) is LlamaModel
+    assert type(LLM.load(path, device="auto").model) is DecoderModel
