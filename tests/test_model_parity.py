@@ -50,18 +50,25 @@ def test_exact_mode_full_logit_vector(llm, hf_reference, chat0_logits):
     assert np.abs(logits - chat0_logits).max() < 0.05
 
 
-def test_exact_mode_reproduces_transformers_greedy_tokens(llm, hf_reference):
-    generator = Generator(llm.model, llm.tokenizer, max_context=512)
-    full = 0
-    for case in prompts(hf_reference):
+def assert_greedy_tokens_match(llm, cases, max_context=512):
+    """Greedy continuations (48 tokens) equal the reference's on at least 7 of 8 prompts; the
+    others at least in their first 16 tokens."""
+    generator = Generator(llm.model, llm.tokenizer, max_context=max_context)
+    options = RequestOptions(GREEDY, StoppingCriteria(max_new_tokens=48))
+    full, diverged = 0, []
+    for case in cases:
         want = case["greedy_48"]
-        options = RequestOptions(GREEDY, StoppingCriteria(max_new_tokens=48))
         got = [e.token_id for e in generator.generate(case["prompt_ids"], options)]
         if got == want:
             full += 1
         else:
+            diverged.append(case.get("prompt_text", "")[:40])
             assert got[:16] == want[:16], f"{case.get('prompt_text')!r} diverges in its first 16 tokens"
-    assert full >= 7
+    assert full >= 7, diverged
+
+
+def test_exact_mode_reproduces_transformers_greedy_tokens(llm, hf_reference):
+    assert_greedy_tokens_match(llm, prompts(hf_reference))
 
 
 def test_fast_mode_is_no_further_from_fp32_than_llama_cpp(fast_llm, hf_reference, llamacpp_reference):

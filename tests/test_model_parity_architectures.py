@@ -9,12 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_model_parity import last_logits, prompts, top20_error
+from test_model_parity import assert_greedy_tokens_match, last_logits, prompts, top20_error
 
-from engine.generation import Generator, RequestOptions
 from engine.llm import LLM
-from engine.sampling import GREEDY
-from engine.stopping import StoppingCriteria
 
 GOLDEN = Path(__file__).parent / "golden"
 MODELS = ["qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct", "gemma-3-270m"]
@@ -59,19 +56,8 @@ def test_exact_mode_top20_logits_within_0_02_of_transformers(name, installed_mod
 
 @pytest.mark.parametrize("name", MODELS)
 def test_exact_mode_greedy_tokens_match_transformers(name, installed_model):
-    llm = load(installed_model, name, fast=False)
-    generator = Generator(llm.model, llm.tokenizer, max_context=2048)
-    full, diverged = 0, []
-    for case in prompts(reference(name, "hf")):
-        want = case["greedy_48"]
-        options = RequestOptions(GREEDY, StoppingCriteria(max_new_tokens=48))
-        got = [e.token_id for e in generator.generate(case["prompt_ids"], options)]
-        if got == want:
-            full += 1
-        else:
-            diverged.append(case["prompt_text"][:40])
-            assert got[:16] == want[:16], f"{case['prompt_text'][:60]!r} diverges in its first 16 tokens"
-    assert full >= 7, diverged
+    assert_greedy_tokens_match(load(installed_model, name, fast=False), prompts(reference(name, "hf")),
+                               max_context=2048)
 
 
 @pytest.mark.parametrize("name", MODELS)
