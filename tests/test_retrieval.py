@@ -206,3 +206,18 @@ def test_ask_without_a_generation_service_is_unavailable(redis_server):
     finally:
         m.stop()
 
+
+
+def test_ask_on_a_base_model_is_failed_precondition_naming_the_fix(redis_server, installed_model):
+    """Gemma 3 270M has no chat template: Ask says Retrieval needs an instruct model, before searching."""
+    m = Mesh(redis_server.url, f"b{uuid.uuid4().hex[:8]}:")
+    try:
+        retrieval = m.service("retrieval", MESHLLM_GENERATION_ADDRESS="127.0.0.1:1",
+                              MESHLLM_MODEL=str(installed_model("gemma-3-270m")))
+        with channel(retrieval) as ch:
+            with pytest.raises(grpc.RpcError) as e:
+                list(retrieval_pb2_grpc.RetrievalStub(ch).Ask(ST.AskRequest(question="What does with do?"), timeout=30))
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "base model" in e.value.details() and "qwen2.5-coder-0.5b-instruct" in e.value.details()
+    finally:
+        m.stop()

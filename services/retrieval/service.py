@@ -12,6 +12,8 @@ import json
 import logging
 import re
 
+import grpc
+
 from engine.encoder import SentenceEncoder
 from engine.llm import LLM
 
@@ -19,7 +21,7 @@ from ..api import common_pb2, generation_pb2, generation_pb2_grpc, retrieval_pb2
 from ..api import retrieval_pb2 as pb
 from ..client import open_channel_async
 from ..common.config import RetrievalConfig
-from ..common.errors import InvalidRequest, unary
+from ..common.errors import InvalidRequest, ServiceError, unary
 from ..common.errors import streaming as streaming_rpc
 from .chunking import ChunkingConfig, chunk_text
 from .index import SearchIndex, SearchMode
@@ -165,6 +167,8 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
 
     @streaming_rpc(SERVICE)
     async def Ask(self, request, context):
+        if not self.llm.has_chat_template:
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, ASK_NEEDS_CHAT_MODEL.format(self.llm.config.name))
         top_k, mode = self._search_args(request.question, request.top_k, request.mode, 20, 4)
         if request.max_new_tokens > 2048:
             raise InvalidRequest("max_new_tokens must be at most 2048")
@@ -271,6 +275,10 @@ def _citation(number: int, hit) -> pb.Citation:
                        score=hit.score)
 
 
+ASK_NEEDS_CHAT_MODEL = ("Ask needs an instruct model with a chat template, and {} is a base model without one: "
+                        "serve Retrieval with an instruct model, e.g. --model qwen2.5-coder-0.5b-instruct")
+
+
 async def run(server_config, redis_config, retrieval_config: RetrievalConfig, model_path: str | None) -> None:
     import redis.asyncio as aioredis
 
@@ -278,6 +286,8 @@ async def run(server_config, redis_config, retrieval_config: RetrievalConfig, mo
     from ..common.keys import Keys
 
     llm = LLM.load(model_path or None)             # first: a missing model fails before the encoder warms up
+    if not llm.has_chat_template:
+        log.warning(ASK_NEEDS_CHAT_MODEL.format(llm.config.name or model_path))
     encoder = SentenceEncoder.load()
     encoder.warm_up()
     client = aioredis.Redis.from_url(redis_config.redis_url, max_connections=128, socket_connect_timeout=2)
