@@ -114,8 +114,17 @@ class DecoderModel:
             "ffn_up": (cfg.intermediate_size, cfg.hidden_size),
             "ffn_down": (cfg.hidden_size, cfg.intermediate_size),
         }
+        self._load_layers(shapes)
+        self._rope_layout()
+        self.attention_scale = np.float32(cfg.attention_scale or 1.0 / np.sqrt(cfg.head_dim))
+        self.embedding_scale = np.float32(np.sqrt(cfg.hidden_size)) if cfg.traits.scale_embeddings else None
+
+    def _load_layers(self, shapes: dict) -> None:
+        """Each layer's seven matrices (views) and, by architecture, its norms, biases, head norms."""
+        cfg = self.config
         traits = cfg.traits
         D, hd = cfg.hidden_size, cfg.head_dim
+        q_rows, kv_rows = cfg.num_heads * hd, cfg.num_kv_heads * hd
         self.layer_weights = List()
         self.layer_types = np.empty((cfg.num_layers, MATRICES_PER_LAYER), np.int64)
         self.layer_norms = np.zeros((cfg.num_layers, NORMS_PER_LAYER, D), np.float32)
@@ -140,7 +149,10 @@ class DecoderModel:
                 self.head_norms[layer, 0] = self._vector(f"{blk}.attn_q_norm.weight", hd)
                 self.head_norms[layer, 1] = self._vector(f"{blk}.attn_k_norm.weight", hd)
 
-        # RoPE: one table of inverse frequencies per distinct base; each layer names its table
+    def _rope_layout(self) -> None:
+        """One table of inverse frequencies per distinct RoPE base; layer_rope names each layer's,
+        layer_window each layer's sliding window (0: global)."""
+        cfg = self.config
         self.rope_inv_freq = self._inv_freq(cfg.rope_theta)
         tables = [self.rope_inv_freq]
         self.layer_rope = np.zeros(cfg.num_layers, np.int64)
@@ -149,8 +161,6 @@ class DecoderModel:
             self.layer_rope[:] = [1 if cfg.is_local_layer(i) else 0 for i in range(cfg.num_layers)]
         self.rope_tables = tables
         self.layer_window = np.array(cfg.layer_windows, np.int64)
-        self.attention_scale = np.float32(cfg.attention_scale or 1.0 / np.sqrt(hd))
-        self.embedding_scale = np.float32(np.sqrt(D)) if traits.scale_embeddings else None
 
     def _inv_freq(self, base: float, long_context: bool = True) -> np.ndarray:
         """RoPE inverse frequencies (rope_dim/2,) f64. long_context: with the file's frequency factors
