@@ -136,14 +136,20 @@ def q4_k_scale_min(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sc, mn
 
 
+def _k_scale_offset(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K and Q5_K super-block header (d, dmin, 12 bytes of 6-bit pairs) -> the scale and offset
+    of each of the 8 sub-blocks, each (n, 8, 1) float32: w = scale * q - offset."""
+    n = blocks.shape[0]
+    d = _f16(blocks[:, 0:2])
+    dmin = _f16(blocks[:, 2:4])
+    sc, mn = q4_k_scale_min(blocks[:, 4:16])
+    return (d * sc.astype(np.float32)).reshape(n, 8, 1), (dmin * mn.astype(np.float32)).reshape(n, 8, 1)
+
+
 class Q4_K(QuantType):
     def dequantize_blocks(self, blocks):
         n = blocks.shape[0]
-        d = _f16(blocks[:, 0:2])
-        dmin = _f16(blocks[:, 2:4])
-        sc, mn = q4_k_scale_min(blocks[:, 4:16])
-        scale = (d * sc.astype(np.float32)).reshape(n, 8, 1)
-        offset = (dmin * mn.astype(np.float32)).reshape(n, 8, 1)
+        scale, offset = _k_scale_offset(blocks)
         qs = blocks[:, 16:144].reshape(n, 4, 32)
         q = np.stack([qs & 0x0F, qs >> 4], axis=2).reshape(n, 8, 32).astype(np.float32)
         return (scale * q - offset).reshape(n, 256)
@@ -152,11 +158,7 @@ class Q4_K(QuantType):
 class Q5_K(QuantType):
     def dequantize_blocks(self, blocks):
         n = blocks.shape[0]
-        d = _f16(blocks[:, 0:2])
-        dmin = _f16(blocks[:, 2:4])
-        sc, mn = q4_k_scale_min(blocks[:, 4:16])
-        scale = (d * sc.astype(np.float32)).reshape(n, 8, 1)
-        offset = (dmin * mn.astype(np.float32)).reshape(n, 8, 1)
+        scale, offset = _k_scale_offset(blocks)
         qs = blocks[:, 48:176].reshape(n, 4, 32)
         low = np.stack([qs & 0x0F, qs >> 4], axis=2).reshape(n, 8, 32)
         high = ((blocks[:, 16:48].reshape(n, 1, 32) >> _BIT_INDEX) & 1) << 4
