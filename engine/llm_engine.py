@@ -7,9 +7,10 @@
             ...
 
 A step: import prefix blocks from the shared store for the sequences about to be admitted,
+propose prompt-lookup drafts for decoding sequences that asked for them (speculation.py),
 schedule (scheduler.py), run the model on the scheduled chunks (model_runner.py), sample the
-sequences that reached their last token, publish newly computed full blocks to the prefix cache
-and the store, and free the finished.
+sequences that reached their last token (verifying their drafts), publish newly computed full
+blocks to the prefix cache and the store, and free the finished.
 """
 from __future__ import annotations
 
@@ -71,6 +72,8 @@ class EngineStats:
     remote_blocks_imported: int = 0
     remote_blocks_rejected: int = 0
     blocks_exported: int = 0
+    draft_tokens: int = 0                 # speculative tokens verified (speculation.py)
+    accepted_draft_tokens: int = 0        # of those, accepted
 
 
 class LLMEngine:
@@ -154,6 +157,7 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         if self._store is not None:
             self._import_remote_prefixes()
+        self._propose_drafts()
         sched = self.scheduler.schedule()
         if not sched.chunks:
             return []
@@ -163,16 +167,24 @@ class LLMEngine:
         results = self.runner.run(chunks)
         for seq, n in chunks:
             prompt_part = max(0, min(seq.num_prompt_tokens, seq.num_computed_tokens + n) - seq.num_computed_tokens)
-            seq.num_computed_tokens += n
+            seq.num_computed_tokens += n - len(seq.draft_ids)    # drafts count once accepted
             self.stats.computed_tokens += n
             self.stats.computed_prompt_tokens += prompt_part
         outputs: dict[str, RequestOutput] = {}
         finished = []
         for seq, result in results:
-            event = seq.append_sampled(*result) if isinstance(result, tuple) else seq.append_token(result)
-            self.stats.generated_tokens += 1
-            outputs.setdefault(seq.request_id, RequestOutput(seq.request_id)).events.append(event)
-            if event.finish_reason is not None:
+            if isinstance(result, tuple):
+                events = [seq.append_sampled(*result)]
+            elif seq.draft_ids:
+                accepted_before = seq.num_drafts_accepted
+                self.stats.draft_tokens += len(seq.draft_ids)
+                events = seq.verify_drafts(result)
+                self.stats.accepted_draft_tokens += seq.num_drafts_accepted - accepted_before
+            else:
+                events = [seq.append_token(result)]
+            self.stats.generated_tokens += len(events)
+            outputs.setdefault(seq.request_id, RequestOutput(seq.request_id)).events.extend(events)
+            if events[-1].finish_reason is not None:
                 outputs[seq.request_id].finished = True
                 finished.append(seq)
         for seq, _ in chunks:
@@ -180,6 +192,12 @@ class LLMEngine:
         for seq in finished:
             self.scheduler.finish(seq)
         return list(outputs.values())
+
+    def _propose_drafts(self) -> None:
+        """Prompt-lookup drafts for the running sequences about to decode one token."""
+        for seq in self.scheduler.running:
+            if seq.options.speculation.enabled and seq.num_uncomputed_tokens == 1:
+                seq.propose_drafts()
 
     def _publish(self, seq: Sequence) -> None:
         for block_id, block_hash, _ in self.kv.publish_computed_blocks(seq):

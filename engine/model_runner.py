@@ -18,7 +18,8 @@ class ModelRunner:
 
     def build_batch(self, chunks: list[tuple[Sequence, int]]) -> tuple[ForwardBatch, list[Sequence]]:
         """The batch for (sequence, tokens to compute) chunks, and the sequences that get logits:
-        those whose chunk reaches their last token."""
+        those whose chunk reaches their last token (one row), or their last draft (a row for the
+        last token and one per draft)."""
         bs = self.block_size
         total = sum(n for _, n in chunks)
         token_ids = np.empty(total, np.int32)
@@ -34,13 +35,15 @@ class ModelRunner:
             table = np.asarray(seq.block_table, np.int32)
             block_tables[s, :table.shape[0]] = table
             pos = np.arange(start, start + n, dtype=np.int32)
-            token_ids[row:row + n] = seq.token_ids[start:start + n]
+            tokens = seq.token_ids[start:start + n]
+            token_ids[row:row + len(tokens)] = tokens
+            token_ids[row + len(tokens):row + n] = seq.draft_ids[:n - len(tokens)]
             positions[row:row + n] = pos
             seq_ids[row:row + n] = s
             slot_mapping[row:row + n] = table[pos // bs] * bs + pos % bs
             row += n
-            if start + n == seq.num_tokens:
-                logits_rows.append(row - 1)
+            if start + n == seq.num_tokens + len(seq.draft_ids):
+                logits_rows.extend(range(row - 1 - len(seq.draft_ids), row))
                 sampled.append(seq)
         batch = ForwardBatch(token_ids, positions, seq_ids, block_tables, slot_mapping,
                              np.asarray(logits_rows, np.int32))
@@ -48,8 +51,9 @@ class ModelRunner:
 
     def run(self, chunks: list[tuple[Sequence, int]]) -> list[tuple[Sequence, np.ndarray | tuple[int, float]]]:
         """Compute the chunks' keys and values. For the sequences done: (sequence, logits of its last
-        token), or, on a model that samples on its device (CudaLlamaModel.sample) when every such
-        sequence's settings allow it, (sequence, (token id, logprob)): then no logits leave the device."""
+        token), or (sequence, logits (1 + drafts, vocab)) for one with drafts, or, on a model that
+        samples on its device (CudaLlamaModel.sample) when every such sequence's settings allow it,
+        (sequence, (token id, logprob)): then no logits leave the device."""
         batch, sampled = self.build_batch(chunks)
         if not sampled:
             self.model.forward_hidden(batch, self.kv_cache)
@@ -62,4 +66,12 @@ class ModelRunner:
                                               top_ks.astype(np.int32), uniforms.astype(np.float64))
             return [(seq, (int(t), float(lp))) for seq, t, lp in zip(sampled, ids, logprobs, strict=True)]
         logits = self.model.forward(batch, self.kv_cache)
-        return list(zip(sampled, logits, strict=True))
+        results, row = [], 0
+        for seq in sampled:
+            if seq.draft_ids:
+                results.append((seq, logits[row:row + 1 + len(seq.draft_ids)]))
+                row += 1 + len(seq.draft_ids)
+            else:
+                results.append((seq, logits[row]))
+                row += 1
+        return results

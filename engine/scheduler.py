@@ -2,9 +2,11 @@
 
 Each step:
 1. Running sequences, oldest first, each get their uncomputed tokens (one for a decoding sequence,
-   a chunk for a long prompt) while the budget lasts. If the pool has no room for one, the newest
-   running sequence is preempted: its blocks are freed and it goes back to the head of the
-   waiting queue, to be recomputed later (its freed blocks stay in the prefix cache meanwhile).
+   plus its speculative drafts, if any: speculation.py; a chunk for a long prompt) while the
+   budget lasts; drafts are trimmed first when the budget or the pool runs short. If the pool has
+   no room for one, the newest running sequence is preempted: its blocks are freed and it goes
+   back to the head of the waiting queue, to be recomputed later (its freed blocks stay in the
+   prefix cache meanwhile).
 2. If nothing was preempted, waiting sequences join in arrival order, each with its cached prefix
    counted as computed, while the budget, the pool and max_num_seqs allow.
 A prompt longer than the budget is prefilled in chunks over several steps; decode tokens of the
@@ -55,7 +57,11 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            n = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            n = min(seq.num_uncomputed_tokens + len(seq.draft_ids), budget)
+            del seq.draft_ids[max(0, n - seq.num_uncomputed_tokens):]
+            if seq.draft_ids and not self.kv.allocate_slots(seq, n):
+                n -= len(seq.draft_ids)                     # drafts are the first thing to give up
+                seq.draft_ids.clear()
             while not self.kv.allocate_slots(seq, n):
                 victim = self.running.pop()                 # the newest
                 self._preempt(victim)
@@ -86,6 +92,7 @@ class Scheduler:
 
     def _preempt(self, seq: Sequence) -> None:
         self.kv.free(seq)
+        seq.draft_ids.clear()
         seq.status = SequenceStatus.WAITING
         self.waiting.appendleft(seq)
         self.num_preemptions += 1

@@ -14,6 +14,7 @@ import numpy as np
 
 from .detokenizer import IncrementalDetokenizer
 from .sampling import Sampler, SamplingParams, logprobs_of
+from .speculation import NO_SPECULATION, DraftLength, SpeculationParams, propose_drafts
 from .stopping import FinishReason, StoppingCriteria, StopSequenceMatcher
 from .tokenizer import Tokenizer
 
@@ -25,6 +26,7 @@ class RequestOptions:
     logprobs: bool = False
     top_logprobs: int = 0                   # also report this many most likely alternatives
     skip_special_tokens: bool = True
+    speculation: SpeculationParams = NO_SPECULATION   # prompt-lookup drafts (speculation.py)
 
 
 @dataclass
@@ -63,6 +65,10 @@ class Sequence:
         self.max_context = max_context
         self.finish_reason: FinishReason | None = None
         self.remote_lookup_done = False
+        self.draft_ids: list[int] = []               # this step's speculative tokens, not yet in token_ids
+        self.num_drafts_proposed = 0
+        self.num_drafts_accepted = 0
+        self._draft_length = DraftLength(options.speculation.num_draft_tokens)
         stopping = options.stopping
         self._sampler = Sampler(options.sampling, prompt_ids)
         self._detok = IncrementalDetokenizer(tokenizer, skip_special=options.skip_special_tokens)
@@ -91,6 +97,38 @@ class Sequence:
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
 
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return self.num_tokens - self.num_computed_tokens
+
+    def propose_drafts(self) -> None:
+        """Set draft_ids for a decode step: prompt-lookup tokens, as many as the draft length,
+        max_new_tokens and the context leave room for (the step also emits one token of its own)."""
+        spec = self.options.speculation
+        room = min(self.options.stopping.max_new_tokens - self.num_output_tokens, self.max_context - self.num_tokens) - 1
+        limit = min(self._draft_length.current, room)
+        self.draft_ids = propose_drafts(np.asarray(self.token_ids, np.int64), limit, spec.min_ngram,
+                                        spec.max_ngram) if limit > 0 else []
+
+    def verify_drafts(self, logits: np.ndarray) -> list[TokenEvent]:
+        """Emit tokens from logits (1 + len(draft_ids), vocab), the rows of the last token and of
+        each draft: position i is sampled as plain decoding would, and the next position is used
+        only while the sample equals the draft (speculation.py). Clears draft_ids; counts the
+        accepted drafts, whose keys and values the step computed, as computed tokens."""
+        drafts, self.draft_ids = self.draft_ids, []
+        events = []
+        for i in range(len(drafts) + 1):
+            event = self.append_token(logits[i])
+            events.append(event)
+            if event.finish_reason is not None or i == len(drafts) or event.token_id != drafts[i]:
+                break
+        accepted = sum(1 for e, d in zip(events, drafts) if e.token_id == d)
+        self.num_computed_tokens = min(self.num_computed_tokens + accepted, self.num_tokens - 1)
+        self.num_drafts_proposed += len(drafts)
+        self.num_drafts_accepted += accepted
+        self._draft_length.update(len(drafts), accepted)
+        return events
+
     def append_token(self, logits: np.ndarray) -> TokenEvent:
         """Sample the next token from the logits of the last token and apply the stop rules."""
         token = self._sampler.sample(logits)
@@ -105,7 +143,7 @@ class Sequence:
 
     def wants_device_sampling(self) -> bool:
         """A device sampler can choose this sequence's tokens (and the logprob it may report)."""
-        return self.options.top_logprobs == 0 and self._sampler.device_sampling()
+        return self.options.top_logprobs == 0 and not self.draft_ids and self._sampler.device_sampling()
 
     def append_sampled(self, token: int, logprob: float | None = None,
                        top_logprobs: list[tuple[int, float]] | None = None) -> TokenEvent:

@@ -1,0 +1,92 @@
+"""Prompt-lookup speculative decoding: draft tokens copied from the sequence's own history.
+
+Answers grounded in a prompt quote it (retrieval-augmented answers, code edits, summaries): when
+the last few tokens of a sequence occurred earlier in it, the tokens that followed them then are
+a good guess for what comes next. The engine appends such drafts to the sequence's decode step,
+computes all of them in one forward (a few rows of one sequence cost far less than as many
+steps), and keeps the drafts the model agrees with (Sequence.verify_drafts).
+
+Verification samples every position exactly as plain decoding would (same logits processors, same
+random stream, one draw per emitted token) and keeps drafts while the draw equals the draft. A
+draft is a point mass, so this is the standard speculative-sampling acceptance rule
+(accept d with probability p(d), else draw from p without d) in coupled form: each emitted token
+is the draw plain decoding would make, greedy and seeded outputs are identical token for token,
+and the sampling distribution is unchanged.
+
+    drafts = propose_drafts(token_ids, max_tokens=8, min_ngram=2, max_ngram=4)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+class SpeculationError(ValueError):
+    """A speculation parameter is out of range."""
+
+
+MAX_DRAFT_TOKENS = 16
+
+
+@dataclass(frozen=True)
+class SpeculationParams:
+    """num_draft_tokens: most drafts per step (0: off). An n-gram of between min_ngram and
+    max_ngram tokens ending the sequence is looked up in its earlier tokens, longest first."""
+    num_draft_tokens: int = 0
+    min_ngram: int = 2
+    max_ngram: int = 4
+
+    def __post_init__(self):
+        if not 0 <= self.num_draft_tokens <= MAX_DRAFT_TOKENS:
+            raise SpeculationError(f"num_draft_tokens must be in [0, {MAX_DRAFT_TOKENS}], "
+                                   f"got {self.num_draft_tokens}")
+        if not 1 <= self.min_ngram <= self.max_ngram <= 8:
+            raise SpeculationError(f"need 1 <= min_ngram <= max_ngram <= 8, got {self.min_ngram}, {self.max_ngram}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.num_draft_tokens > 0
+
+
+NO_SPECULATION = SpeculationParams()
+
+
+def propose_drafts(token_ids: np.ndarray, max_tokens: int, min_ngram: int, max_ngram: int) -> list[int]:
+    """Up to max_tokens tokens that followed the most recent earlier occurrence of the sequence's
+    last n tokens (n from max_ngram down to min_ngram); [] when none occurred.
+
+    token_ids (N,) int: the sequence so far (prompt and output)."""
+    n_tokens = token_ids.shape[0]
+    if max_tokens <= 0:
+        return []
+    for n in range(min(max_ngram, n_tokens - 1), min_ngram - 1, -1):
+        # windows[i] = token_ids[i:i+n] for every start whose window ends before the last token
+        windows = sliding_window_view(token_ids[:-1], n)
+        hits = np.flatnonzero((windows == token_ids[-n:]).all(axis=1))
+        if hits.size:
+            start = int(hits[-1]) + n
+            return token_ids[start:start + max_tokens].tolist()
+    return []
+
+
+class DraftLength:
+    """How many drafts to ask for next, from how many the model accepted recently.
+
+    Verifying drafts is not free (a step of k+1 rows costs more than a step of one), so a sequence
+    whose drafts keep being rejected asks for fewer, and one whose drafts are all accepted grows
+    back to the maximum: multiplicative increase on full acceptance, back to one past the accepted
+    count on a rejection."""
+
+    def __init__(self, maximum: int):
+        self.maximum = maximum
+        self.current = maximum
+
+    def update(self, proposed: int, accepted: int) -> None:
+        if proposed == 0:
+            return
+        if accepted == proposed:
+            self.current = min(self.maximum, max(2 * self.current, accepted + 1))
+        else:
+            self.current = max(1, accepted + 1)
