@@ -74,6 +74,7 @@ class EngineStats:
     blocks_exported: int = 0
     draft_tokens: int = 0                 # speculative tokens verified (speculation.py)
     accepted_draft_tokens: int = 0        # of those, accepted
+    verify_steps: int = 0                 # sequence steps that verified drafts
 
 
 class LLMEngine:
@@ -178,6 +179,7 @@ class LLMEngine:
             elif seq.draft_ids:
                 accepted_before = seq.num_drafts_accepted
                 self.stats.draft_tokens += len(seq.draft_ids)
+                self.stats.verify_steps += 1
                 events = seq.verify_drafts(result)
                 self.stats.accepted_draft_tokens += seq.num_drafts_accepted - accepted_before
             else:

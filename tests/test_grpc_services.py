@@ -112,6 +112,19 @@ def test_stream_deltas_add_up_to_the_unary_answer_for_the_same_seed(gen):
     assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for c in chunks for t in c.tokens)
 
 
+def test_speculation_changes_the_speed_not_the_answer(gen):
+    """A prompt the answer quotes: with prompt-lookup drafts through the worker, the same tokens."""
+    passage = ("The assert statement is a convenient way to insert debugging assertions into a program. "
+               "The current code generator emits no code for an assert statement when optimization is requested.")
+    def request(drafts):
+        return generation_pb2.GenerateRequest(chat=chat(f"{passage}\n\nRepeat the text above word for word."),
+                                              speculation=generation_pb2.Speculation(num_draft_tokens=drafts),
+                                              **greedy(40))
+    plain, fast = gen.Generate(request(0)), gen.Generate(request(8))
+    assert list(fast.token_ids) == list(plain.token_ids) and fast.text == plain.text
+    assert "debugging assertions" in fast.text
+
+
 def test_token_ids_input_and_stop_sequences(gen, llm):
     ids = llm.encode("The capital of France is")
     reply = gen.Generate(generation_pb2.GenerateRequest(token_ids=generation_pb2.TokenIds(ids=ids),
@@ -182,6 +195,8 @@ def test_model_info(gen):
     ({"text": "hi", "response": generation_pb2.ResponseOptions(top_logprobs=50)}, "INVALID_ARGUMENT",
      "top_logprobs"),
     ({"text": "hi", "request_id": "bad id with spaces"}, "INVALID_ARGUMENT", "request_id"),
+    ({"text": "hi", "speculation": generation_pb2.Speculation(num_draft_tokens=17)}, "INVALID_ARGUMENT",
+     "num_draft_tokens"),
     ({"chat": generation_pb2.Chat(messages=[common_pb2.ChatMessage(role="x", content="y")])}, "INVALID_ARGUMENT",
      "role"),
 ])

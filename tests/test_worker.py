@@ -116,3 +116,13 @@ def test_a_job_the_engine_refuses_is_answered_with_an_error(queue, spawn_worker)
     events = list(queue.events(job, timeout_s=60))
     assert events[-1].finish_reason == "error" and events[-1].error_code == "invalid_argument"
     assert "out of range" in events[-1].error and queue.outstanding() == 0
+
+
+def test_a_job_carries_every_request_option():
+    """What the front-end decided reaches the worker unchanged (JSON round trip of the job)."""
+    from engine.sampling import SamplingParams
+    from engine.speculation import SpeculationParams
+    options = RequestOptions(SamplingParams(temperature=0.7, top_p=0.9, seed=3), StoppingCriteria(12, ("x",)),
+                             True, 2, False, SpeculationParams(num_draft_tokens=6, min_ngram=3))
+    spec = JobSpec.from_json(JobSpec.from_options("j", [1, 2, 3], options).to_json())
+    assert spec.options() == options

@@ -191,8 +191,11 @@ class RetrievalConfig:
         "help": "prompt budget of Ask (sources + question), in the generation model's tokens"})
     min_relevance: float = field(default=0.25, metadata={
         "help": "cosine similarity below which a source counts as unrelated to the question"})
+    ask_draft_tokens: int = field(default=8, metadata={
+        "help": "prompt-lookup draft tokens per step for Ask's answers (0: off); a request may override"})
 
     def __post_init__(self):
+        _check(0 <= self.ask_draft_tokens <= 16, "ask_draft_tokens must be in 0..16")
         _check(8 <= self.chunk_tokens <= 254, "chunk_tokens must be in 8..254 (the encoder reads 256)")
         _check(0 <= self.overlap_tokens < self.chunk_tokens // 2, "overlap_tokens must be < chunk_tokens / 2")
         _check(self.max_document_chars >= 1 and self.max_documents_per_request >= 1, "bad ingest limits")

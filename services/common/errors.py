@@ -17,6 +17,7 @@ import redis
 from engine.chat_template import ChatTemplateError
 from engine.llm_engine import GenerationError
 from engine.sampling import SamplingError
+from engine.speculation import SpeculationError
 from engine.stopping import StoppingError
 
 from .jobs import JobFailed, QueueFull
@@ -35,7 +36,7 @@ class ServiceError(Exception):
         self.code = code
 
 
-USER_ERRORS = (InvalidRequest, GenerationError, SamplingError, StoppingError, ChatTemplateError)
+USER_ERRORS = (InvalidRequest, GenerationError, SamplingError, StoppingError, SpeculationError, ChatTemplateError)
 _JOB_CODES = {"invalid_argument": grpc.StatusCode.INVALID_ARGUMENT, "internal": grpc.StatusCode.INTERNAL}
 
 

@@ -22,6 +22,7 @@ import redis
 
 from engine.sampling import SamplingParams
 from engine.sequence import RequestOptions, TokenEvent
+from engine.speculation import SpeculationParams
 from engine.stopping import FinishReason, StoppingCriteria
 
 from .config import QueueConfig
@@ -77,6 +78,7 @@ class JobSpec:
     top_logprobs: int = 0
     skip_special_tokens: bool = True
     submitted_at: float = 0.0
+    speculation: dict = field(default_factory=dict)
 
     @classmethod
     def from_options(cls, job_id: str, prompt_ids: list[int], options: RequestOptions) -> JobSpec:
@@ -84,14 +86,14 @@ class JobSpec:
         stopping["stop_sequences"] = list(stopping["stop_sequences"])
         stopping["stop_token_ids"] = list(stopping["stop_token_ids"])
         return cls(job_id, list(prompt_ids), asdict(options.sampling), stopping, options.logprobs,
-                   options.top_logprobs, options.skip_special_tokens, time.time())
+                   options.top_logprobs, options.skip_special_tokens, time.time(), asdict(options.speculation))
 
     def options(self) -> RequestOptions:
         stopping = dict(self.stopping)
         stopping["stop_sequences"] = tuple(stopping.get("stop_sequences", ()))
         stopping["stop_token_ids"] = tuple(stopping.get("stop_token_ids", ()))
         return RequestOptions(SamplingParams(**self.sampling), StoppingCriteria(**stopping), self.logprobs,
-                              self.top_logprobs, self.skip_special_tokens)
+                              self.top_logprobs, self.skip_special_tokens, SpeculationParams(**self.speculation))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

@@ -31,6 +31,12 @@ class Metrics:
         self.prefix_hit_rate = Gauge("meshllm_prefix_cache_hit_rate", "share of prompt tokens served from the "
                                      "prefix cache (workers' mean)", registry=r)
         self.redis_up = Gauge("meshllm_redis_up", "1 while Redis answers", registry=r)
+        self.draft_tokens = Gauge("meshllm_speculative_draft_tokens", "prompt-lookup draft tokens verified "
+                                  "(live workers' totals)", registry=r)
+        self.accepted_draft_tokens = Gauge("meshllm_speculative_accepted_tokens", "of those, accepted "
+                                           "(live workers' totals)", registry=r)
+        self.verify_steps = Gauge("meshllm_speculative_verify_steps", "sequence steps that verified drafts "
+                                  "(live workers' totals)", registry=r)
 
     def observe_request(self, service: str, method: str, code, seconds: float) -> None:
         self.requests.labels(service, method, getattr(code, "name", str(code))).inc()

@@ -19,6 +19,7 @@ import grpc
 from engine.llm import LLM
 from engine.sampling import SamplingParams
 from engine.sequence import RequestOptions
+from engine.speculation import SpeculationParams
 from engine.stopping import StoppingCriteria
 
 from ..api import common_pb2, generation_pb2_grpc
@@ -107,7 +108,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
                                     include_stop_sequence=st.include_stop_sequence)
         if r.top_logprobs > self.limits.max_top_logprobs:
             raise InvalidRequest(f"top_logprobs is {r.top_logprobs}; the limit is {self.limits.max_top_logprobs}")
-        return RequestOptions(sampling, stopping, r.logprobs, r.top_logprobs, not r.keep_special_tokens)
+        speculation = SpeculationParams(num_draft_tokens=request.speculation.num_draft_tokens)
+        return RequestOptions(sampling, stopping, r.logprobs, r.top_logprobs, not r.keep_special_tokens, speculation)
 
     async def start(self, request) -> tuple[str, int]:
         """Validate and queue the request; (job id, prompt tokens)."""
@@ -210,6 +212,9 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         METRICS.kv_usage.set((total - free) / total if total else 0.0)
         rates = [float(w.get("prefix_hit_rate", 0)) for w in workers]
         METRICS.prefix_hit_rate.set(sum(rates) / len(rates) if rates else 0.0)
+        METRICS.draft_tokens.set(sum(int(w.get("draft_tokens", 0)) for w in workers))
+        METRICS.accepted_draft_tokens.set(sum(int(w.get("accepted_draft_tokens", 0)) for w in workers))
+        METRICS.verify_steps.set(sum(int(w.get("verify_steps", 0)) for w in workers))
         return True
 
 

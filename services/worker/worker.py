@@ -144,10 +144,13 @@ class Worker:
 
     def _heartbeat(self) -> None:
         self.queue.renew(self.worker_id, [job.entry_id for job in self.jobs.values()])
+        stats = self.engine.stats
         info = {"model": self.engine.model.config.name, "fingerprint": self.engine.model.fingerprint,
                 "running": self.engine.num_running, "waiting": self.engine.num_waiting,
                 "kv_blocks_free": self.engine.pool.num_free_blocks, "kv_blocks": self.engine.pool.num_blocks,
-                "prefix_hit_rate": round(self.engine.kv.stats.hit_rate, 4)}
+                "prefix_hit_rate": round(self.engine.kv.stats.hit_rate, 4),
+                "draft_tokens": stats.draft_tokens, "accepted_draft_tokens": stats.accepted_draft_tokens,
+                "verify_steps": stats.verify_steps}
         key = self.keys.worker(self.worker_id)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(key, mapping=info)
