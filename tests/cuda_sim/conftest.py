@@ -3,10 +3,47 @@ tests/conftest.py); tests/test_cuda_simulator.py runs this folder in such a proc
 
 Every simulated GPU thread is a Python thread, so shapes here are tiny and a shorter thread
 switch interval keeps the barriers (a round of thread switches each) from dominating.
+
+The simulator swaps `numba.cuda` for its fake module in a device function's module globals on
+every call and swaps it back on return. With device functions in a module of their own
+(engine/kernels/cuda/reduce.py) two simulated threads race: the second to enter sees the fake
+already in place and records nothing to restore, the first to leave restores the real module
+while the second still runs, and it fails with "module 'numba.cuda' has no attribute
+'threadIdx'" (numba-cuda PR #690 fixes it upstream; the numba we pin lacks the fix). A
+reference-counted swap under a lock, per globals dict, closes the race.
 """
 import sys
+import threading
+from contextlib import contextmanager
 
 from numba import config
 
 if config.ENABLE_CUDASIM:
+    from numba.cuda.simulator import kernel as _sim_kernel
+
     sys.setswitchinterval(1e-4)
+
+    _swap_lock = threading.Lock()
+    _swaps: dict[int, tuple[int, dict]] = {}     # id(fn.__globals__) -> (active calls, real bindings)
+
+    @contextmanager
+    def _swapped_cuda_module(fn, fake_cuda_module):
+        from numba import cuda
+        globs, key = fn.__globals__, id(fn.__globals__)
+        with _swap_lock:
+            active, real = _swaps.get(key, (0, {}))
+            if active == 0:
+                real = {name: value for name, value in globs.items() if value is cuda}
+                globs.update(dict.fromkeys(real, fake_cuda_module))
+            _swaps[key] = (active + 1, real)
+        try:
+            yield
+        finally:
+            with _swap_lock:
+                active, real = _swaps.pop(key)
+                if active == 1:
+                    globs.update(real)
+                else:
+                    _swaps[key] = (active - 1, real)
+
+    _sim_kernel.swapped_cuda_module = _swapped_cuda_module
