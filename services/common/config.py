@@ -193,6 +193,11 @@ class RetrievalConfig:
         "help": "cosine similarity below which a source counts as unrelated to the question"})
     ask_draft_tokens: int = field(default=8, metadata={
         "help": "prompt-lookup draft tokens per step for Ask's answers (0: off); a request may override"})
+    contextual_headers: bool = field(default=True, metadata={
+        "help": "index and embed each chunk with its document's title and section (\"source: Title > Section\")"})
+    bm25_stemming: bool = field(default=True, metadata={"help": "Snowball English stemming in BM25"})
+    rrf_lexical_weight: float = field(default=1.0, metadata={
+        "help": "weight of the BM25 ranking in hybrid search's reciprocal rank fusion (the dense one has 1)"})
 
     def __post_init__(self):
         _check(0 <= self.ask_draft_tokens <= 16, "ask_draft_tokens must be in 0..16")
@@ -201,3 +206,4 @@ class RetrievalConfig:
         _check(self.max_document_chars >= 1 and self.max_documents_per_request >= 1, "bad ingest limits")
         _check(256 <= self.ask_prompt_tokens, "ask_prompt_tokens must be >= 256")
         _check(-1.0 <= self.min_relevance <= 1.0, "min_relevance is a cosine similarity, in [-1, 1]")
+        _check(0.0 <= self.rrf_lexical_weight <= 10.0, "rrf_lexical_weight must be in 0..10")

@@ -26,7 +26,9 @@ def build_prompt(llm: LLM, question: str, hits: list[Hit], budget_tokens: int) -
     """The chat messages for `question` with as many of `hits` (best first) as fit in budget_tokens;
     a source that does not fit whole is cut, if a useful part fits."""
     def render(sources: list[tuple[Hit, str]]) -> list[dict]:
-        blocks = [f"[{n}] (source: {hit.record.source})\n{text}" for n, (hit, text) in enumerate(sources, start=1)]
+        # the label names the chunk's section too ("specialnames: ... > Basic customization"), when known
+        blocks = [f"[{n}] (source: {hit.record.context or hit.record.source})\n{text}"
+                  for n, (hit, text) in enumerate(sources, start=1)]
         user = "Sources:\n\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question}" if blocks else question
         return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 

@@ -32,6 +32,16 @@ class ChunkRecord:
     text: str
     embedding: np.ndarray                   # (dims,) float32, unit length
     metadata: dict = field(default_factory=dict)
+    context: str = ""                       # "source: Title > Section" (sections.py), indexed with the text
+
+    @property
+    def indexed_text(self) -> str:
+        return indexed_text(self.context, self.text)
+
+
+def indexed_text(context: str, text: str) -> str:
+    """What search (BM25 and the encoder) sees of a chunk: its contextual header, then its text."""
+    return f"{context}\n{text}" if context else text
 
 
 class DocumentStore:
@@ -60,7 +70,7 @@ class DocumentStore:
         for c in chunks:
             pipe.hset(self.keys.chunk(c.chunk_id), mapping={
                 "doc_id": doc_id, "index": c.index, "source": source, "start": c.start, "end": c.end,
-                "text": c.text, "embedding": c.embedding.astype(np.float32).tobytes()})
+                "text": c.text, "context": c.context, "embedding": c.embedding.astype(np.float32).tobytes()})
         if chunks:
             pipe.sadd(self.keys.chunks, *[c.chunk_id for c in chunks])
         pipe.hset(self.keys.document(doc_id), mapping={
@@ -114,6 +124,6 @@ class DocumentStore:
                     continue                  # written by another embedding model: not searchable here
                 records.append(ChunkRecord(cid, doc_id, int(raw[b"index"]), raw[b"source"].decode(),
                                            int(raw[b"start"]), int(raw[b"end"]), raw[b"text"].decode(),
-                                           embedding, metadata_cache[doc_id]))
+                                           embedding, metadata_cache[doc_id], raw.get(b"context", b"").decode()))
         records.sort(key=lambda r: (r.doc_id, r.index))
         return version, records
