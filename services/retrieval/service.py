@@ -24,9 +24,10 @@ from ..common.config import RetrievalConfig
 from ..common.errors import InvalidRequest, ServiceError, unary
 from ..common.errors import streaming as streaming_rpc
 from .chunking import ChunkingConfig, chunk_text
-from .index import SearchIndex, SearchMode
+from .index import SearchIndex, SearchMode, SearchSettings
 from .prompt import NO_SOURCE_ANSWER, build_prompt, cited_numbers
-from .store import ChunkRecord, DocumentStore, chunk_id, content_hash
+from .sections import DocumentOutline, contextual_header
+from .store import ChunkRecord, DocumentStore, chunk_id, content_hash, indexed_text
 
 SERVICE = "meshllm.v1.Retrieval"
 log = logging.getLogger("meshllm.retrieval")
@@ -43,7 +44,9 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         self.store = store
         self.config = config
         self.chunking = ChunkingConfig(config.chunk_tokens, config.overlap_tokens)
-        self.index = SearchIndex(-1, [], encoder.dimensions)
+        self.search_settings = SearchSettings(stemming=config.bm25_stemming,
+                                              lexical_weight=config.rrf_lexical_weight)
+        self.index = SearchIndex(-1, [], encoder.dimensions, self.search_settings)
         self._index_lock = asyncio.Lock()
         self._ingest_lock = asyncio.Lock()
         self._generation_channel = None
@@ -57,7 +60,8 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         async with self._index_lock:
             version, records = await self.store.load_all(self.encoder.dimensions)
             if version != self.index.version:
-                self.index = await asyncio.to_thread(SearchIndex, version, records, self.encoder.dimensions)
+                self.index = await asyncio.to_thread(SearchIndex, version, records, self.encoder.dimensions,
+                                                         self.search_settings)
                 log.info("index rebuilt: %d chunks (version %d)", len(records), version)
         return self.index
 
@@ -101,15 +105,19 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
                                                      duplicate_of=holder))
                     continue
                 chunks = chunk_text(doc.text, self.encoder.token_offsets, self.chunking)
+                outline = DocumentOutline.of(doc.text)
+                contexts = [contextual_header(source, outline, c.start) if self.config.contextual_headers
+                            else "" for c in chunks]
                 status = pb.INGEST_STATUS_REPLACED if existing else pb.INGEST_STATUS_ADDED
-                pending.append((doc, source, metadata, digest, chunks, status))
+                pending.append((doc, source, metadata, digest, chunks, contexts, status))
                 results.append(None)
-            vectors = await self.embed([c.text for _, _, _, _, chunks, _ in pending for c in chunks])
+            vectors = await self.embed([indexed_text(context, c.text) for *_, chunks, contexts, _ in pending
+                                        for c, context in zip(chunks, contexts, strict=True)])
             added, row = 0, 0
             slots = iter(i for i, r in enumerate(results) if r is None)
-            for doc, source, metadata, digest, chunks, status in pending:
+            for doc, source, metadata, digest, chunks, contexts, status in pending:
                 records = [ChunkRecord(chunk_id(doc.id, c.index, c.text), doc.id, c.index, source, c.start, c.end,
-                                       c.text, vectors[row + i]) for i, c in enumerate(chunks)]
+                                       c.text, vectors[row + i], context=contexts[i]) for i, c in enumerate(chunks)]
                 row += len(chunks)
                 await self.store.put(doc.id, source, metadata, digest, records)
                 results[next(slots)] = pb.DocumentResult(id=doc.id, status=status, chunks=len(records))
@@ -186,9 +194,12 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         sampling = generation_pb2.SamplingParams(temperature=0.0)
         if request.HasField("sampling"):
             sampling.CopyFrom(request.sampling)
+        speculation = (request.speculation if request.HasField("speculation")
+                       else generation_pb2.Speculation(num_draft_tokens=self.config.ask_draft_tokens))
         generate = generation_pb2.GenerateRequest(
             chat=generation_pb2.Chat(messages=[common_pb2.ChatMessage(**m) for m in prompt.messages]),
-            sampling=sampling, stopping=generation_pb2.StoppingCriteria(max_new_tokens=max_new))
+            sampling=sampling, stopping=generation_pb2.StoppingCriteria(max_new_tokens=max_new),
+            speculation=speculation)
         answer = []
         stub = generation_pb2_grpc.GenerationStub(self._generation())
         async for chunk in stub.GenerateStream(generate, timeout=context.time_remaining()):
