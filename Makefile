@@ -44,7 +44,7 @@ chat: setup
 test: setup $(NODE_CLIENT)/node_modules/.installed
 	$(BIN)/meshllm models install --all \
 		|| echo "make test: the models could not be installed (offline?): the tests that need them will skip"
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 stubs: setup
 	$(BIN)/python -m services.api.generate_stubs

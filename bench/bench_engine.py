@@ -32,13 +32,20 @@ SHARED_TOOLS = ROOT.parent / "shared" / "tools"
 
 
 def cpu_name() -> str:
+    """The CPU's model name and the vector ISAs our kernels care about, e.g.
+    "Intel(R) Xeon(R) Processor (avx2 avx512f avx512_vnni amx_int8)": cloud CPUs often hide their
+    generation behind a generic name, and the ISA says which kernels ran."""
+    name, flags = "unknown", set()
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if line.startswith("model name") and name == "unknown":
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return "unknown"
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if f in flags]
+    return f"{name} ({' '.join(isa)})" if isa else name
 
 
 def peer_prompt(n: int) -> list[int]:
