@@ -8,8 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-from ask_eval import (answer_has_keywords, contains_evidence, load, mrr_at_k, normalize,  # noqa: E402
-                      recall_at_k, repeats_ngram)
+from ask_eval import answer_has_keywords, contains_evidence, load, mrr_at_k, normalize, recall_at_k, repeats_ngram  # noqa: E402
 
 from services.retrieval.corpus import pydoc_topics  # noqa: E402
 
