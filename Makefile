@@ -10,7 +10,7 @@ LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F1
 
 NODE_CLIENT := clients/node
 
-.PHONY: setup models run chat test bench bench-serving bench-retrieval bench-load bench-faults bench-peers lint stubs clean
+.PHONY: setup models run chat test bench bench-serving bench-retrieval bench-ask bench-load bench-faults bench-peers lint stubs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ bench-serving: setup
 
 bench-retrieval: setup
 	$(BIN)/python bench/bench_retrieval.py
+
+# Ask over gRPC on the held-out split of bench/ask_eval.json (ASK_MODEL=NAME for another model)
+bench-ask: setup
+	$(BIN)/meshllm models install $(if $(ASK_MODEL),$(ASK_MODEL),)
+	$(BIN)/python bench/bench_ask.py --split heldout $(if $(ASK_MODEL),--model $(ASK_MODEL),)
 
 # 32 streaming clients for 5 minutes against a local stack (docs/reliability.md)
 bench-load: setup

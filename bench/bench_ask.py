@@ -7,7 +7,8 @@ asks every question of the split of bench/ask_eval.json through Retrieval.Ask ov
 client would. Prints JSON:
 
 - answerable questions: `correct` (every keyword group present), `correct_and_cited` (correct, and
-  the answer cites [n] a source whose chunk contains the evidence phrase), citation precision
+  the answer cites a source whose chunk contains the evidence phrase: its own [n] markers, or
+  where it has none the sources the service attributes it to), citation precision
   (cited numbers whose chunk holds the evidence) and recall (answers citing such a chunk), and
   `evidence_in_sources` (retrieval handed the model the evidence at all);
 - unanswerable questions: `declined` (Ask found nothing relevant, or the answer says the sources
@@ -70,7 +71,7 @@ def ask(stub, tokenizer_stub, question: str, speculation=None) -> dict:
             usage = message.usage
     end = time.perf_counter()
     answer = "".join(text)
-    ids = list(tokenizer_stub.Tokenize(tokenizer_pb2.TokenizeRequest(text=answer)).ids) if answer else []
+    ids = list(tokenizer_stub.Tokenize(tokenizer_pb2.TokenizeRequest(text=answer)).token_ids) if answer else []
     generated = usage.completion_tokens if usage else 0
     return {"answer": answer, "citations": citations, "answered": answered, "ttft": (first or end) - t0,
             "decode_s": end - (first or end), "tokens": generated, "ids": ids}
@@ -108,10 +109,13 @@ def main() -> None:
             chunk_text = {h.chunk_id: h.text for h in hits}
             r = ask(stub, tokenizer, item.question)
             by_number = {c.number: chunk_text.get(c.chunk_id, c.snippet) for c in r["citations"]}
-            cited = {int(n) for n in _CITE.findall(r["answer"]) if int(n) in by_number}
+            # the answer's own [n] markers; without any (small models rarely write them), the
+            # sources the service attributes the answer to (AskResponse citations marked cited)
+            marked = {int(n) for n in _CITE.findall(r["answer"]) if int(n) in by_number}
+            cited = marked or {c.number for c in r["citations"] if c.cited}
             good = {n for n in cited if contains_evidence(by_number[n], item.evidence)}
             rows.append({"id": item.id, "correct": answer_has_keywords(r["answer"], item.keywords),
-                         "cited": len(cited), "cited_good": len(good),
+                         "cited": len(cited), "cited_good": len(good), "marked": bool(marked),
                          "evidence_in_sources": any(contains_evidence(t, item.evidence) for t in by_number.values()),
                          "looping": repeats_ngram(r["ids"], 8, 3), **{k: r[k] for k in ("ttft", "decode_s", "tokens")}})
             if args.show:
@@ -134,6 +138,7 @@ def main() -> None:
             "citation_precision": round(sum(r["cited_good"] for r in rows) / cited_total, 3) if cited_total else None,
             "citation_recall": round(sum(r["cited_good"] > 0 for r in rows) / n, 3),
             "answers_with_citations": round(sum(r["cited"] > 0 for r in rows) / n, 3),
+            "answers_with_citation_markers": round(sum(r["marked"] for r in rows) / n, 3),
             "evidence_in_sources": round(sum(r["evidence_in_sources"] for r in rows) / n, 3),
             "declined": round(sum(d["declined"] for d in declined) / max(len(declined), 1), 3),
             "looping": sum(r["looping"] for r in rows) + sum(d["looping"] for d in declined),

@@ -13,6 +13,9 @@ SYSTEM = ("You are a helpful assistant. Answer the question using only the numbe
           "contain the answer, say that you cannot find it in the documents.")
 NO_SOURCE_ANSWER = "I could not find anything about this in the documents, so I cannot answer it from them."
 _CITATION = re.compile(r"\[(\d{1,2})\]")
+# a small model that starts copying the prompt's source blocks into its answer writes the label
+# next: stop there (the answer so far stands) rather than loop through the sources
+SOURCE_LABEL_STOP = "] (source: "
 
 
 @dataclass
@@ -27,7 +30,7 @@ def build_prompt(llm: LLM, question: str, hits: list[Hit], budget_tokens: int) -
     a source that does not fit whole is cut, if a useful part fits."""
     def render(sources: list[tuple[Hit, str]]) -> list[dict]:
         # the label names the chunk's section too ("specialnames: ... > Basic customization"), when known
-        blocks = [f"[{n}] (source: {hit.record.context or hit.record.source})\n{text}"
+        blocks = [f"[{n}{SOURCE_LABEL_STOP}{hit.record.context or hit.record.source})\n{text}"
                   for n, (hit, text) in enumerate(sources, start=1)]
         user = "Sources:\n\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question}" if blocks else question
         return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]

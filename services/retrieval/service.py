@@ -25,7 +25,7 @@ from ..common.errors import InvalidRequest, ServiceError, unary
 from ..common.errors import streaming as streaming_rpc
 from .chunking import ChunkingConfig, chunk_text
 from .index import SearchIndex, SearchMode, SearchSettings
-from .prompt import NO_SOURCE_ANSWER, build_prompt, cited_numbers
+from .prompt import NO_SOURCE_ANSWER, SOURCE_LABEL_STOP, build_prompt, cited_numbers
 from .sections import DocumentOutline, contextual_header
 from .store import ChunkRecord, DocumentStore, chunk_id, content_hash, indexed_text
 
@@ -198,7 +198,8 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
                        else generation_pb2.Speculation(num_draft_tokens=self.config.ask_draft_tokens))
         generate = generation_pb2.GenerateRequest(
             chat=generation_pb2.Chat(messages=[common_pb2.ChatMessage(**m) for m in prompt.messages]),
-            sampling=sampling, stopping=generation_pb2.StoppingCriteria(max_new_tokens=max_new),
+            sampling=sampling, stopping=generation_pb2.StoppingCriteria(max_new_tokens=max_new,
+                                                                         stop_sequences=[SOURCE_LABEL_STOP]),
             speculation=speculation)
         answer = []
         stub = generation_pb2_grpc.GenerationStub(self._generation())
