@@ -1,14 +1,17 @@
 """The OpenAI-compatible gateway: its pure translation and error mapping, then one real stack
 (Redis, Tokenizer, Generation, Retrieval, a worker on the default model, the gateway as a
 subprocess on a free port) driven over a socket with the official `openai` package."""
+import time
 import uuid
 
 import grpc
 import httpx
 import pytest
+import redis
 from pydantic import ValidationError
 
 from harness.mesh import Mesh
+from services.common.keys import Keys
 from services.openai_api.errors import OpenAIError, from_grpc, from_validation, model_not_found
 from services.openai_api.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from services.openai_api.translate import (
@@ -103,8 +106,23 @@ def gateway(redis_server):
     openai = pytest.importorskip("openai")
     m = Mesh(redis_server.url, f"oa{uuid.uuid4().hex[:8]}:", env_extra={"MESHLLM_API_KEYS": KEY})
     try:
-        procs = m.stack(workers=1)
-        proc = m.gateway(procs)
+        # Generation, Retrieval (calling it with the same key) and one worker; no Tokenizer, which the
+        # gateway needs only for logprobs. Generous waits: these tests share a loaded machine.
+        procs = {"generation": m.service("generation", wait=False)}
+        procs["retrieval"] = m.service("retrieval", wait=False, MESHLLM_GENERATION_ADDRESS=procs["generation"].address,
+                                       MESHLLM_GENERATION_API_KEY=KEY)
+        for name in ("generation", "retrieval"):
+            m.wait_serving(procs[name], timeout=600)
+        worker = m.worker(wait=False)
+        client = redis.Redis.from_url(redis_server.url)
+        deadline = time.monotonic() + 600
+        while not client.keys(Keys(m.key_prefix).workers_pattern):
+            m.check(worker)
+            assert time.monotonic() < deadline, "the worker did not register"
+            time.sleep(0.2)
+        client.close()
+        proc = m.gateway(procs, wait=False)
+        m.wait_serving(proc, timeout=300)
         client = openai.OpenAI(base_url=f"{proc.url}/v1", api_key=KEY, max_retries=0, timeout=120)
         model = client.models.list().data[0].id
         yield proc, client, model
