@@ -178,7 +178,9 @@ def test_completions_and_n(gateway):
 
 def test_embeddings(gateway):
     _, client, model = gateway
-    reply = client.embeddings.create(model=model, input=["the with statement", "a for loop"])
+    # the second model card is Retrieval's encoder, the model /v1/embeddings answers for
+    encoder = next(m for m in client.models.list().data if m.id != model)
+    reply = client.embeddings.create(model=encoder.id, input=["the with statement", "a for loop"])
     assert [d.index for d in reply.data] == [0, 1]
     vectors = [d.embedding for d in reply.data]
     assert len(vectors[0]) == len(vectors[1]) > 0 and vectors[0] != vectors[1]
