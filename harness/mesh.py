@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import redis
 
-from services.client import health_status, open_channel
+from services.client import health_status, http_health_status, open_channel
 from services.common.keys import Keys
 from services.common.redis_server import free_port
 
@@ -37,6 +37,11 @@ class Proc:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """http://127.0.0.1:PORT, for an HTTP service (the OpenAI gateway)."""
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def alive(self) -> bool:
@@ -139,9 +144,21 @@ class Mesh:
             procs[f"worker-{i + 1}"] = self.worker(**env_extra)
         return procs
 
+    def gateway(self, procs: dict[str, Proc], wait: bool = True, **env_extra) -> Proc:
+        """The OpenAI-compatible HTTP gateway over a stack's services (Retrieval and Tokenizer
+        when `procs` has them); `proc.url` is its base URL."""
+        addresses = {f"MESHLLM_{name.upper()}_ADDRESS": procs[name].address if name in procs else ""
+                     for name in ("generation", "retrieval", "tokenizer")}
+        proc = self.service("openai", wait=False, **{**addresses, **env_extra})
+        if wait:
+            self.wait_serving(proc)
+        return proc
+
     def wait_serving(self, proc: Proc, timeout: float = 120, status: str = "SERVING") -> None:
         deadline = time.monotonic() + timeout
-        while health_status(proc.address, timeout=1.0) != status:
+        check = (lambda: http_health_status(f"{proc.url}/health", timeout=1.0)) if proc.name == "openai" \
+            else (lambda: health_status(proc.address, timeout=1.0))
+        while check() != status:
             self.check(proc)
             assert time.monotonic() < deadline, f"{proc.name} not {status} after {timeout}s"
             time.sleep(0.1)

@@ -2,7 +2,8 @@
 
 Local engine:   generate, chat
 Models:         models list, models install NAME
-The mesh:       up (the whole stack), serve SERVICE, worker, health ADDRESS
+The mesh:       up (the whole stack), serve SERVICE (tokenizer, retrieval, generation, openai), worker,
+                health ADDRESS|URL
 gRPC clients:   tokenize, info, generate --remote ADDRESS
 
 Wherever a model is taken, --model (or MESHLLM_MODEL) is a name from `meshllm models list` or a
@@ -22,6 +23,7 @@ from engine.stopping import StoppingCriteria, StoppingError
 
 from .common.config import (
     GenerationLimits,
+    OpenAIConfig,
     QueueConfig,
     RedisConfig,
     RetrievalConfig,
@@ -35,6 +37,7 @@ USER_ERRORS = (GenerationError, SamplingError, StoppingError, ChatTemplateError,
 
 DEFAULT_PORTS = {"tokenizer": 50051, "retrieval": 50052, "generation": 50053}
 DEFAULT_METRICS_PORTS = {"tokenizer": 9101, "retrieval": 9102, "generation": 9103}
+SERVICES = (*sorted(DEFAULT_PORTS), "openai")    # openai: the HTTP gateway (ports from OpenAIConfig)
 
 
 # ---------------------------------------------------------------------------- local engine
@@ -163,10 +166,12 @@ def cmd_serve(args) -> int:
 
     from .common.logs import configure_logging
     configure_logging(args.service)
+    model = _model_choice(args)
+    if args.service == "openai":
+        return _serve_openai(args, model)
     server = from_sources(ServerConfig, args, defaults={"port": DEFAULT_PORTS[args.service],
                                                         "metrics_port": DEFAULT_METRICS_PORTS[args.service]})
     limits = from_sources(GenerationLimits, args)
-    model = _model_choice(args)
     if args.service == "tokenizer":
         from .tokenizer.service import run
         asyncio.run(run(server, limits, model))
@@ -176,6 +181,24 @@ def cmd_serve(args) -> int:
     else:
         from .retrieval.service import run
         asyncio.run(run(server, from_sources(RedisConfig, args), from_sources(RetrievalConfig, args), model))
+    return 0
+
+
+def _serve_openai(args, model: str) -> int:
+    import asyncio
+
+    from engine.model_registry import CATALOGUE
+
+    from .openai_api.app import run
+    openai = from_sources(OpenAIConfig, args)
+    if not openai.served_model_name and model in CATALOGUE:     # the model's catalogue name is its API id
+        openai = from_sources(OpenAIConfig, args, served_model_name=model)
+    # MESHLLM_PORT / MESHLLM_METRICS_PORT name a gRPC service's ports in an environment the services
+    # share (`meshllm up`, compose): the gateway's are --port or MESHLLM_OPENAI_PORT and their twins
+    env = {k: v for k, v in os.environ.items() if k not in ("MESHLLM_PORT", "MESHLLM_METRICS_PORT")}
+    server = from_sources(ServerConfig, args, env=env, defaults={"port": openai.openai_port,
+                                                                 "metrics_port": openai.openai_metrics_port})
+    asyncio.run(run(server, openai))
     return 0
 
 
@@ -194,8 +217,11 @@ def cmd_health(args) -> int:
             return 1
         print("SERVING" if age <= args.max_age else f"STALE ({age:.0f}s)")
         return 0 if age <= args.max_age else 1
-    from .client import health_status
-    status = health_status(args.address, args.service, args.timeout)
+    from .client import health_status, http_health_status
+    if args.address.startswith(("http://", "https://")):   # the OpenAI gateway's /health
+        status = http_health_status(args.address, args.timeout)
+    else:
+        status = health_status(args.address, args.service, args.timeout)
     print(status)
     return 0 if status == "SERVING" else 1
 
@@ -228,14 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p, QueueConfig, "job queue")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("serve", help="run one gRPC service")
-    p.add_argument("service", choices=sorted(DEFAULT_PORTS))
+    p = sub.add_parser("serve", help="run one gRPC service, or the OpenAI-compatible HTTP gateway (openai)")
+    p.add_argument("service", choices=SERVICES)
     p.add_argument("--model", default=None, help=MODEL_HELP)
     add_arguments(p, ServerConfig, "server")
     add_arguments(p, GenerationLimits, "limits")
     add_arguments(p, RetrievalConfig, "retrieval")
     add_arguments(p, RedisConfig, "redis")
     add_arguments(p, QueueConfig, "job queue")
+    add_arguments(p, OpenAIConfig, "openai gateway")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("up", help="run the whole stack locally: Redis, the services and workers")
@@ -247,10 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait for every health check")
     p.add_argument("--ephemeral", action="store_true", help="a throwaway local Redis (no data kept)")
     p.add_argument("--no-corpus", action="store_true", help="do not ingest the default corpus")
+    p.add_argument("--no-openai", action="store_true",
+                   help="do not start the OpenAI-compatible HTTP gateway (port MESHLLM_OPENAI_PORT, default 8000)")
     p.set_defaults(func=cmd_up)
 
-    p = sub.add_parser("health", help="check a service's grpc.health.v1 status; exit 0 if SERVING")
-    p.add_argument("address", nargs="?", default="127.0.0.1:50053", help="host:port")
+    p = sub.add_parser("health", help="check a service's grpc.health.v1 status (or the OpenAI gateway's "
+                                      "/health URL); exit 0 if SERVING")
+    p.add_argument("address", nargs="?", default="127.0.0.1:50053",
+                   help="host:port, or an http(s):// URL such as http://127.0.0.1:8000/health")
     p.add_argument("--service", default="", help="service name (default: the whole server)")
     p.add_argument("--timeout", type=float, default=2.0)
     p.add_argument("--heartbeat-file", default=None, help="check a worker instead: its heartbeat file")

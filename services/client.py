@@ -107,3 +107,20 @@ def health_status(address: str, service: str = "", timeout: float = 2.0, tls_ca:
             return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     except grpc.RpcError:
         return "UNREACHABLE"
+
+
+def http_health_status(url: str, timeout: float = 2.0, tls_ca: str | None = None) -> str:
+    """The OpenAI gateway's /health as health_status words: 'SERVING' (200), 'NOT_SERVING' (another
+    status) or 'UNREACHABLE'. https:// trusts tls_ca (or MESHLLM_TLS_CA) when given."""
+    import ssl
+    import urllib.error
+    import urllib.request
+    tls_ca = tls_ca or os.environ.get("MESHLLM_TLS_CA") or None
+    context = ssl.create_default_context(cafile=tls_ca) if url.startswith("https://") else None
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as reply:
+            return "SERVING" if reply.status == 200 else "NOT_SERVING"
+    except urllib.error.HTTPError:
+        return "NOT_SERVING"
+    except (OSError, ValueError):
+        return "UNREACHABLE"

@@ -1,8 +1,9 @@
 """`meshllm up`: the whole stack on this machine, as child processes.
 
 Redis (a local redis-server, unless REDIS_URL points at one), the Tokenizer, Retrieval and
-Generation services and N workers, with the same commands, ports and variables as
-docker-compose.yml. It waits until every service reports SERVING and every worker has registered,
+Generation services, N workers and the OpenAI-compatible HTTP gateway (unless --no-openai), with
+the same commands, ports and variables as docker-compose.yml. It waits until every service
+reports SERVING (the gateway: its /health) and every worker has registered,
 ingests the default corpus if the document index is empty, prints the endpoints, and on Ctrl-C
 (or SIGTERM, or any child dying) stops everything: workers first, then services, then Redis.
 
@@ -19,10 +20,11 @@ import time
 
 import redis
 
-from engine.model_registry import resolve_model
+from engine.model_registry import CATALOGUE, DEFAULT_MODEL, resolve_model
 
 from .cli import DEFAULT_METRICS_PORTS, DEFAULT_PORTS
-from .client import health_status
+from .client import health_status, http_health_status
+from .common.config import OpenAIConfig, from_sources
 from .common.keys import Keys
 from .common.redis_server import RedisServer, child_process_options, local_password, redacted_url, wait_for_redis
 
@@ -37,9 +39,11 @@ def redis_data_dir() -> str:
 
 
 class Stack:
-    def __init__(self, args, model_path: str):
+    def __init__(self, args, model_path: str, model_name: str | None = None):
         self.args = args
         self.model_path = model_path
+        self.model_name = model_name          # the catalogue name, the gateway's model id
+        self.openai = None if getattr(args, "no_openai", False) else from_sources(OpenAIConfig)
         self.redis_server: RedisServer | None = None
         self.children: list[tuple[str, subprocess.Popen]] = []
         self.stopping = False
@@ -74,7 +78,26 @@ class Stack:
             self.spawn(service, ["serve", service], env)
         for i in range(self.args.workers):
             self.spawn(f"worker-{i + 1}", ["worker"], env)
-        return {"redis": redis_url, **{s: f"{self.args.host}:{DEFAULT_PORTS[s]}" for s in SERVICES}}
+        endpoints = {"redis": redis_url, **{s: f"{self.args.host}:{DEFAULT_PORTS[s]}" for s in SERVICES}}
+        if self.openai:
+            gateway_env = dict(env)
+            if self.model_name:               # the services see the model's path; clients name it
+                gateway_env.setdefault("MESHLLM_SERVED_MODEL_NAME", self.model_name)
+            for service in SERVICES:          # the addresses it calls, reachable whatever --host is
+                gateway_env.setdefault(f"MESHLLM_{service.upper()}_ADDRESS", self.local_address(service))
+            self.spawn("openai", ["serve", "openai"], gateway_env)
+            scheme = "https" if env.get("MESHLLM_TLS_CERT") else "http"
+            endpoints["openai"] = f"{scheme}://{self.args.host}:{self.openai.openai_port}"
+        return endpoints
+
+    def local_address(self, service: str) -> str:
+        host = "127.0.0.1" if self.args.host in ("0.0.0.0", "") else self.args.host
+        return f"{host}:{DEFAULT_PORTS[service]}"
+
+    def gateway_health_url(self, endpoints: dict) -> str:
+        scheme, _, rest = endpoints["openai"].partition("://")
+        host = "127.0.0.1" if self.args.host in ("0.0.0.0", "") else self.args.host
+        return f"{scheme}://{host}:{rest.rpartition(':')[2]}/health"
 
     def spawn(self, name: str, argv: list[str], env: dict) -> None:
         proc = subprocess.Popen([sys.executable, "-m", "services.cli", *argv], env=env, **child_process_options())
@@ -82,7 +105,7 @@ class Stack:
 
     def wait_ready(self, endpoints: dict) -> None:
         deadline = time.monotonic() + self.args.timeout
-        pending = set(SERVICES)
+        pending = set(SERVICES) | ({"openai"} if "openai" in endpoints else set())
         keys = Keys(os.environ.get("MESHLLM_KEY_PREFIX", "meshllm:"))
         client = redis.Redis.from_url(endpoints["redis"])
         workers = 0
@@ -92,9 +115,11 @@ class Stack:
                 raise TimeoutError(f"not ready after {self.args.timeout:.0f}s: {sorted(pending)}, "
                                    f"{workers}/{self.args.workers} workers")
             for service in list(pending):
-                address = f"127.0.0.1:{DEFAULT_PORTS[service]}" if self.args.host in ("0.0.0.0", "") \
-                    else endpoints[service]
-                if health_status(address, timeout=1.0) == "SERVING":
+                if service == "openai":
+                    status = http_health_status(self.gateway_health_url(endpoints), timeout=1.0)
+                else:
+                    status = health_status(self.local_address(service), timeout=1.0)
+                if status == "SERVING":
                     pending.discard(service)
                     self.log(f"{service} is serving on {endpoints[service]}")
             workers = len(client.keys(keys.workers_pattern))
@@ -142,8 +167,10 @@ class Stack:
 
 def up(args) -> int:
     # a missing model fails here, in one line, before anything starts
-    model_path = resolve_model(args.model or os.environ.get("MESHLLM_MODEL"))   # None: the default
-    stack = Stack(args, str(model_path))
+    choice = args.model or os.environ.get("MESHLLM_MODEL")
+    model_path = resolve_model(choice)                                  # None: the default
+    name = (choice or DEFAULT_MODEL) if (choice or DEFAULT_MODEL) in CATALOGUE else None   # a path: no name
+    stack = Stack(args, str(model_path), name)
     stopping = {"signal": False}
 
     def on_signal(signum, frame):
@@ -159,10 +186,15 @@ def up(args) -> int:
         print("meshllm is up:")
         for name in SERVICES:
             print(f"  {name:<11} grpc://{endpoints[name]}   metrics http://{args.host}:{DEFAULT_METRICS_PORTS[name]}")
+        if "openai" in endpoints:
+            print(f"  {'openai':<11} {endpoints['openai']}/v1   metrics "
+                  f"http://{args.host}:{stack.openai.openai_metrics_port}")
         print(f"  redis       {redacted_url(endpoints['redis'])}")
         print(f"  workers     {args.workers}")
         print("Try: meshllm generate --remote 127.0.0.1:50053 --chat \"What is the capital of France?\"")
         print("     meshllm ask \"What does the with statement do?\"")
+        if "openai" in endpoints:
+            print(f"     curl {endpoints['openai']}/v1/models")
         print("Ctrl-C stops everything.", flush=True)
         while not stopping["signal"]:
             stack.check_children()

@@ -30,7 +30,7 @@ def known_env_names() -> set[str]:
 
 
 def test_every_service_runs_a_command_the_cli_has():
-    assert set(OURS) == {"tokenizer", "retrieval", "generation", "worker"}
+    assert set(OURS) == {"tokenizer", "retrieval", "generation", "worker", "openai"}
     parser = build_parser()
     for name, svc in OURS.items():
         args = parser.parse_args(svc["command"])                 # exits (fails the test) on a bad command
@@ -56,6 +56,16 @@ def test_variables_and_ports_agree_with_the_config_code():
             assert set(svc["ports"]) == {f"{port}:{port}", f"{metrics}:{metrics}"}
             assert svc["healthcheck"]["test"][3] == f"127.0.0.1:{port}"
         config_module.RedisConfig(redis_url=env["REDIS_URL"])         # a URL the config accepts
+    gateway, defaults = OURS["openai"], config_module.OpenAIConfig()
+    env = gateway["environment"]
+    port, metrics = defaults.openai_port, defaults.openai_metrics_port
+    # its own port variables: MESHLLM_PORT would be a gRPC service's in the shared x-env
+    assert "MESHLLM_PORT" not in env and "MESHLLM_METRICS_PORT" not in env
+    assert (env["MESHLLM_OPENAI_PORT"], env["MESHLLM_OPENAI_METRICS_PORT"]) == (str(port), str(metrics))
+    assert set(gateway["ports"]) == {f"{port}:{port}", f"{metrics}:{metrics}"}
+    assert gateway["healthcheck"]["test"][3] == f"http://127.0.0.1:{port}/health"
+    for service in ("generation", "retrieval", "tokenizer"):
+        assert env[f"MESHLLM_{service.upper()}_ADDRESS"] == f"{service}:{DEFAULT_PORTS[service]}"
     worker = OURS["worker"]
     assert "ports" not in worker and "container_name" not in worker, "workers must scale with --scale"
     assert OURS["generation"]["depends_on"]["redis"]["condition"] == "service_healthy"
@@ -124,6 +134,9 @@ def compose_env(redis_server):
         # SmolLM2 rather than the image's model: the same commands, a quicker start
         env.update(REDIS_URL=redis_server.url, MESHLLM_HOST="127.0.0.1", MESHLLM_KEY_PREFIX="compose:",
                    MESHLLM_KV_CACHE_MB="128", MESHLLM_MODEL=SMOLLM2)
+        for key, value in env.items():           # compose's service names are loopback here
+            if key.endswith("_ADDRESS") and key.startswith("MESHLLM_"):
+                env[key] = "127.0.0.1:" + value.rpartition(":")[2]
         return env
     return env_for
 
@@ -144,12 +157,13 @@ def test_the_compose_commands_run_and_pass_their_health_checks(compose_env):
     procs = []
     heartbeat = Path(OURS["worker"]["environment"]["MESHLLM_HEARTBEAT_FILE"])
     heartbeat.unlink(missing_ok=True)                      # a stale file must not pass for a live worker
+    names = ("tokenizer", "retrieval", "generation", "worker", "openai")
     try:
-        for name in ("tokenizer", "retrieval", "generation", "worker"):
+        for name in names:
             env = compose_env(name)
             procs.append(subprocess.Popen([sys.executable, "-m", "services.cli", *OURS[name]["command"]], env=env,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        for name in ("tokenizer", "retrieval", "generation", "worker"):
+        for name in names:
             assert run_health_check(name, compose_env(name)) == "SERVING"
     finally:
         for p in procs:

@@ -1,5 +1,6 @@
 """API-key authentication: `authorization: Bearer KEY` metadata on every call but health and
-reflection, which stay open for load balancers and tools."""
+reflection, which stay open for load balancers and tools. The OpenAI gateway checks its HTTP
+`Authorization` header with the same functions against the same keys."""
 from __future__ import annotations
 
 import hmac
@@ -9,18 +10,27 @@ import grpc
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
+def bearer_token(value: str | bytes | None) -> str | None:
+    """The KEY of an 'authorization: Bearer KEY' value; None for any other value."""
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    scheme, _, token = (value or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def key_matches(token: str | None, keys: list[bytes]) -> bool:
+    """Constant-time comparison with every key (a timing difference would leak a key's prefix)."""
+    return token is not None and any(hmac.compare_digest(token.encode(), key) for key in keys)
+
+
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, keys: list[str]):
         self._keys = [k.encode() for k in keys]
 
     def _authorized(self, metadata) -> bool:
         value = next((v for k, v in (metadata or ()) if k == "authorization"), "")
-        if isinstance(value, bytes):
-            value = value.decode(errors="replace")
-        scheme, _, token = value.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return False
-        return any(hmac.compare_digest(token.strip().encode(), key) for key in self._keys)
+        return key_matches(bearer_token(value), self._keys)
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)

@@ -44,8 +44,12 @@ def _convert(f: dataclasses.Field, raw: str) -> Any:
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, title: str | None = None) -> None:
+    """One flag per field. A field another config already added (the same name, e.g.
+    generation_address for Retrieval and the OpenAI gateway) keeps that one flag: both read it."""
     group = parser.add_argument_group(title or cls.__name__)
     for f in dataclasses.fields(cls):
+        if _flag(f) in parser._option_string_actions:
+            continue
         help_text = f"{f.metadata.get('help', '')} [env {_env_name(f)}; default {f.default!r}]"
         if "bool" in str(f.type):
             group.add_argument(_flag(f), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
@@ -207,3 +211,31 @@ class RetrievalConfig:
         _check(256 <= self.ask_prompt_tokens, "ask_prompt_tokens must be >= 256")
         _check(-1.0 <= self.min_relevance <= 1.0, "min_relevance is a cosine similarity, in [-1, 1]")
         _check(0.0 <= self.rrf_lexical_weight <= 10.0, "rrf_lexical_weight must be in 0..10")
+
+
+@dataclass(frozen=True)
+class OpenAIConfig:
+    """The OpenAI-compatible HTTP gateway (`meshllm serve openai`). Its port comes from here rather
+    than MESHLLM_PORT, which names a gRPC service's port: `meshllm up` and compose share one
+    environment between the services."""
+    openai_port: int = field(default=8000, metadata={"help": "HTTP port of the OpenAI-compatible API"})
+    openai_metrics_port: int = field(default=9104, metadata={"help": "the gateway's Prometheus metrics port (0: none)"})
+    generation_address: str = field(default="127.0.0.1:50053", metadata={
+        "help": "the Generation service (host:port)"})
+    retrieval_address: str = field(default="127.0.0.1:50052", metadata={
+        "help": "the Retrieval service (host:port; empty: no /v1/embeddings nor /v1/rag/completions)"})
+    tokenizer_address: str = field(default="127.0.0.1:50051", metadata={
+        "help": "the Tokenizer service, which names the tokens of logprobs (empty: logprobs are refused)"})
+    tls_ca: str = field(default="", metadata={
+        "help": "PEM CA of the services' TLS (empty: plaintext gRPC)", "env": "MESHLLM_TLS_CA"})
+    served_model_name: str = field(default="", metadata={
+        "help": "the model id clients name (default: --model when it is a catalogue name, else the name the "
+                "Generation service reports)"})
+    request_timeout_s: float = field(default=600.0, metadata={"help": "deadline of each call to a service"})
+    max_choices: int = field(default=16, metadata={"help": "largest n (choices per request; one generation each)"})
+
+    def __post_init__(self):
+        _check(0 < self.openai_port < 65536 and 0 <= self.openai_metrics_port < 65536, "ports must be in 1..65535")
+        _check(bool(self.generation_address), "the gateway needs generation_address")
+        _check(self.request_timeout_s > 0, "request_timeout_s must be > 0")
+        _check(1 <= self.max_choices <= 128, "max_choices must be in 1..128")
