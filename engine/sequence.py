@@ -105,7 +105,8 @@ class Sequence:
         """Set draft_ids for a decode step: prompt-lookup tokens, as many as the draft length,
         max_new_tokens and the context leave room for (the step also emits one token of its own)."""
         spec = self.options.speculation
-        room = min(self.options.stopping.max_new_tokens - self.num_output_tokens, self.max_context - self.num_tokens) - 1
+        room = min(self.options.stopping.max_new_tokens - self.num_output_tokens,
+                   self.max_context - self.num_tokens) - 1
         limit = min(self._draft_length.current, room)
         self.draft_ids = propose_drafts(np.asarray(self.token_ids, np.int64), limit, spec.min_ngram,
                                         spec.max_ngram) if limit > 0 else []
