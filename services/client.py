@@ -69,15 +69,14 @@ def open_channel_async(address: str, tls_ca: str | None = None, api_key: str | N
                        max_message_mb: int = 8) -> grpc.aio.Channel:
     """The asyncio twin of open_channel, for services that call other services."""
     options = channel_options(max_message_mb)
-    interceptors = [_AsyncBearerToken(api_key)] if api_key else None
+    interceptors = _async_bearer_tokens(api_key) if api_key else None
     if tls_ca:
         credentials = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes())
         return grpc.aio.secure_channel(address, credentials, options, interceptors=interceptors)
     return grpc.aio.insecure_channel(address, options, interceptors=interceptors)
 
 
-class _AsyncBearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
-                        grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
+class _AsyncBearerToken:
     def __init__(self, key: str):
         self._pair = ("authorization", f"Bearer {key}")
 
@@ -85,17 +84,32 @@ class _AsyncBearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStre
         metadata = grpc.aio.Metadata(*(details.metadata or ()), self._pair)
         return details._replace(metadata=metadata)
 
+
+# One interceptor per call kind: grpc.aio files an interceptor under the first kind it is an
+# instance of, so a single class of all four would carry the key on unary-unary calls only (and
+# Retrieval's Ask, a GenerateStream, would reach a keyed Generation without one).
+class _UnaryUnaryToken(_AsyncBearerToken, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, details, request):
         return await continuation(self._details(details), request)
 
+
+class _UnaryStreamToken(_AsyncBearerToken, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, details, request):
         return await continuation(self._details(details), request)
 
+
+class _StreamUnaryToken(_AsyncBearerToken, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation, details, requests):
         return await continuation(self._details(details), requests)
 
+
+class _StreamStreamToken(_AsyncBearerToken, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation, details, requests):
         return await continuation(self._details(details), requests)
+
+
+def _async_bearer_tokens(key: str) -> list:
+    return [kind(key) for kind in (_UnaryUnaryToken, _UnaryStreamToken, _StreamUnaryToken, _StreamStreamToken)]
 
 
 def health_status(address: str, service: str = "", timeout: float = 2.0, tls_ca: str | None = None) -> str:
