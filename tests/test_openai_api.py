@@ -233,6 +233,12 @@ def test_rag_answers_with_its_citations(url):
     assert 0 < body["usage"]["completion_tokens"] <= 16
 
 
+def test_rag_through_the_openai_client_as_the_readme_shows(client):
+    body = client.post("/rag/completions", cast_to=object, body={"query": "When is the Zephyr rocket launch?",
+                                                                  "max_tokens": 8})
+    assert body["object"] == "rag.completion" and body["citations"][0]["document_id"] == "zephyr-launch"
+
+
 def test_rag_streamed(url):
     body = {"query": "When is the Zephyr rocket launch?", "top_k": 2, "max_tokens": 16, "stream": True,
             "stream_options": {"include_usage": True}}
