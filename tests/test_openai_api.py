@@ -321,24 +321,29 @@ def worker_info(stack) -> dict:
         client.close()
 
 
-def test_a_client_that_disconnects_mid_stream_cancels_the_job(stack, url):
-    before = metric(scrape(stack.generation.metrics_port), "meshllm_requests_total", method="GenerateStream",
-                    code="CANCELLED")
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_disconnects_cancels_the_job(stack, url, stream):
+    method = "GenerateStream" if stream else "Generate"
+    before = metric(scrape(stack.generation.metrics_port), "meshllm_requests_total", method=method, code="CANCELLED")
     # 2800 tokens (most of the harness's 2912-token KV pool) take ~19 s on this machine class, well
     # over the 10 s below: only a cancellation frees the worker in time
-    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 2800, "ignore_eos": True, "stream": True}
-    with httpx.stream("POST", f"{url}/v1/completions", json=body, headers=AUTH, timeout=120) as reply:
-        assert reply.status_code == 200, reply.read()
-        deadline = time.monotonic() + 10
-        for line in reply.iter_lines():          # streaming, until a heartbeat shows the sequence running
-            if worker_info(stack).get("running") == "1":
-                break
-            assert time.monotonic() < deadline and "[DONE]" not in line
-    # the connection is closed: the gateway cancels its GenerateStream, Generation cancels the job
+    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 2800, "ignore_eos": True, "stream": stream}
+    if stream:
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, headers=AUTH, timeout=120) as reply:
+            assert reply.status_code == 200, reply.read()
+            deadline = time.monotonic() + 10
+            for line in reply.iter_lines():      # streaming, until a heartbeat shows the sequence running
+                if worker_info(stack).get("running") == "1":
+                    break
+                assert time.monotonic() < deadline and "[DONE]" not in line
+    else:                                        # a unary request whose client gives up waiting
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/completions", json=body, headers=AUTH, timeout=httpx.Timeout(60, read=2))
+    # the connection is closed: the gateway cancels its call, Generation cancels the job
     deadline = time.monotonic() + 10
     while True:
-        cancelled = metric(scrape(stack.generation.metrics_port), "meshllm_requests_total",
-                           method="GenerateStream", code="CANCELLED")
+        cancelled = metric(scrape(stack.generation.metrics_port), "meshllm_requests_total", method=method,
+                           code="CANCELLED")
         info = worker_info(stack)                # a heartbeat reports it: the worker dropped the sequence
         if cancelled == before + 1 and info.get("running") == "0" and info["kv_blocks_free"] == info["kv_blocks"]:
             break
