@@ -58,7 +58,12 @@ def create_app(server: ServerConfig, config: OpenAIConfig, metrics: GatewayMetri
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
-        error = from_validation(list(exc.errors()))
+        content_type = request.headers.get("content-type", "")
+        if request.method == "POST" and "json" not in content_type:   # FastAPI then never parsed the body
+            error = OpenAIError(400, f"the request body must be JSON sent with 'Content-Type: application/json' "
+                                     f"(got {content_type or 'no content type'})", code="invalid_json")
+        else:
+            error = from_validation(list(exc.errors()))
         return JSONResponse(error.body(), status_code=error.status)
 
     @app.exception_handler(HTTPException)
@@ -85,7 +90,8 @@ def create_app(server: ServerConfig, config: OpenAIConfig, metrics: GatewayMetri
 
     app.add_middleware(Guards, keys=server.keys, max_body_bytes=server.max_message_mb * 2**20,
                        max_concurrent=server.max_concurrent_rpcs)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics,
+                       paths=frozenset(r.path for r in router.routes if "{" not in r.path) | {"/health"})
     return app
 
 

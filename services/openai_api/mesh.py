@@ -52,9 +52,9 @@ class Mesh:
         self.config = config
         self.max_message_mb = max_message_mb
         self.own_metadata = metadata_for(own_key)
-        self.addresses = {"generation": config.generation_address, "retrieval": config.retrieval_address,
-                          "tokenizer": config.tokenizer_address}
-        self.addresses = {name: address for name, address in self.addresses.items() if address}
+        configured = {"generation": config.generation_address, "retrieval": config.retrieval_address,
+                      "tokenizer": config.tokenizer_address}
+        self.addresses = {name: address for name, address in configured.items() if address}   # "": not used
         self.health: dict[str, str] = dict.fromkeys(self.addresses, "UNKNOWN")
         self.channels: dict[str, grpc.aio.Channel] = {}
         self._model: tuple[float, ServedModel] | None = None

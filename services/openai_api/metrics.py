@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from ..common.metrics import _LATENCY_BUCKETS
 
-UNMATCHED = "unmatched"          # the route label of requests no route matched (bounded cardinality)
+UNMATCHED = "unmatched"          # the route label of paths no route has (bounded cardinality)
 
 
 class GatewayMetrics:
@@ -34,10 +34,12 @@ class GatewayMetrics:
 
 class MetricsMiddleware:
     """A plain ASGI middleware (not BaseHTTPMiddleware, which would buffer streams): the status is
-    read from http.response.start, the duration ends with the last body message."""
+    read from http.response.start, the duration ends with the last body message. The route is the
+    one that answered, or, for a request refused before routing (a bad key), its path when some
+    route has exactly that path."""
 
-    def __init__(self, app, metrics: GatewayMetrics):
-        self.app, self.metrics = app, metrics
+    def __init__(self, app, metrics: GatewayMetrics, paths: frozenset[str] = frozenset()):
+        self.app, self.metrics, self.paths = app, metrics, paths
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -55,5 +57,6 @@ class MetricsMiddleware:
             await self.app(scope, receive, record)
         finally:
             self.metrics.in_flight.dec()
-            route = getattr(scope.get("route"), "path", UNMATCHED)
+            route = getattr(scope.get("route"), "path", None) or (scope["path"] if scope["path"] in self.paths
+                                                                   else UNMATCHED)
             self.metrics.observe(route, status["code"], time.perf_counter() - started)
