@@ -4,15 +4,16 @@
     python bench/bench_moe.py [--hidden 1024] [--layers 8] [--experts 8] [--top-k 2] [--expert-ffn 1536]
                               [--type Q4_K] [--threads 2] [--fast]
 
-Three random-weight models of one shape but the FFN (written as GGUF files in a temporary folder):
+Three random-weight models of one shape but the FFN (GGUF files in a temporary folder), measured
+in turns, step by step:
 - moe: `experts` experts of width expert_ffn, top-k (Mixtral's layout, arch "llama" with experts);
 - dense_active: one FFN of width top_k * expert_ffn: the FLOPs and weight bytes a token touches;
 - dense_total: one FFN of width experts * expert_ffn: the parameters the MoE holds.
 Decode: one token per sequence per step (16 sequences: one forward of 16 rows, each its own
-sequence, as continuous batching runs them) after a 32-token prompt. Prefill: 256 tokens of one
-sequence, or 16 sequences of 32 tokens, in one forward. An MoE decode step of 16 sequences reads
-each expert once for all the tokens routed to it (kernels/cpu/moe.py), so its cost per step grows
-with the experts hit, not the tokens.
+sequence, as continuous batching runs them) after a 32-token prompt: the median of 32 steps.
+Prefill: 256 tokens of one sequence, or 16 sequences of 32 tokens, in one forward (best of 3).
+An MoE decode step of 16 sequences reads each expert once for all the tokens routed to it
+(kernels/cpu/moe.py), so its cost per step grows with the experts hit, not the tokens.
 """
 from __future__ import annotations
 
@@ -32,6 +33,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 PROMPT = 32
 DECODE_STEPS = 32
 PREFILL_ONE = 256
+PREFILL_REPEATS = 3        # the best of: a prefill is one forward, easily slowed by another process
+
+
+def _timed(model, batch, kv) -> float:
+    t0 = time.perf_counter()
+    model.forward(batch, kv)
+    return time.perf_counter() - t0
 
 
 def batch_of(sequences: int, start: int, length: int, blocks_per_seq: int, rng):
@@ -46,26 +54,35 @@ def batch_of(sequences: int, start: int, length: int, blocks_per_seq: int, rng):
     return ForwardBatch(rng.integers(1, 4000, n).astype(np.int32), pos, seq_ids, tables, slots, rows)
 
 
-def measure(path: Path, fast: bool) -> dict:
+def measure(paths: dict[str, Path], fast: bool) -> dict:
+    """tok/s of each model. The models take turns step by step, so another process loading the
+    machine for a while slows them alike and the ratios hold."""
     from engine.model import DecoderModel
-    model = DecoderModel.load(path, int8_activations=fast)
+    models = {name: DecoderModel.load(path, int8_activations=fast) for name, path in paths.items()}
     rng = np.random.default_rng(0)
     blocks = (max(PREFILL_ONE, PROMPT + DECODE_STEPS) + 15) // 16
-    result = {}
+    result = {name: {"weights_mb": round(path.stat().st_size / 2**20, 1)} for name, path in paths.items()}
     for sequences in (1, 16):
-        kv = model.new_kv_cache(num_blocks=sequences * blocks, block_size=16)
-        model.forward(batch_of(sequences, 0, PROMPT, blocks, rng), kv)
-        model.forward(batch_of(sequences, PROMPT, 1, blocks, rng), kv)          # compile / warm
-        t0 = time.perf_counter()
+        caches = {name: model.new_kv_cache(num_blocks=sequences * blocks, block_size=16)
+                  for name, model in models.items()}
+        for name, model in models.items():
+            model.forward(batch_of(sequences, 0, PROMPT, blocks, rng), caches[name])
+            model.forward(batch_of(sequences, PROMPT, 1, blocks, rng), caches[name])      # compile / warm
+        steps = {name: [] for name in models}
         for step in range(DECODE_STEPS):
-            model.forward(batch_of(sequences, PROMPT + 1 + step, 1, blocks, rng), kv)
-        result[f"decode_tok_s_{sequences}_seq"] = round(sequences * DECODE_STEPS / (time.perf_counter() - t0), 1)
+            batch = batch_of(sequences, PROMPT + 1 + step, 1, blocks, rng)
+            for name, model in models.items():
+                steps[name].append(_timed(model, batch, caches[name]))
         length = PREFILL_ONE if sequences == 1 else PROMPT
-        model.forward(batch_of(sequences, 0, length, blocks, rng), kv)          # warm
-        t0 = time.perf_counter()
-        model.forward(batch_of(sequences, 0, length, blocks, rng), kv)
-        result[f"prefill_tok_s_{sequences}_seq"] = round(sequences * length / (time.perf_counter() - t0), 1)
-    result["weights_mb"] = round(path.stat().st_size / 2**20, 1)
+        batch = batch_of(sequences, 0, length, blocks, rng)
+        prefill = {name: [] for name in models}
+        for _ in range(PREFILL_REPEATS):
+            for name, model in models.items():
+                prefill[name].append(_timed(model, batch, caches[name]))
+        for name in models:
+            # decode: the median step; prefill: the best of PREFILL_REPEATS single forwards
+            result[name][f"decode_tok_s_{sequences}_seq"] = round(sequences / float(np.median(steps[name])), 1)
+            result[name][f"prefill_tok_s_{sequences}_seq"] = round(sequences * length / min(prefill[name]), 1)
     return result
 
 
@@ -97,11 +114,9 @@ def main() -> None:
            "shape": f"hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}, {args.type}; moe: "
                     f"{args.experts} experts x {args.expert_ffn} wide, top-{args.top_k}"}
     with tempfile.TemporaryDirectory() as folder:
-        for name, extra in variants.items():
-            path = write_tiny_llama(Path(folder) / f"{name}.gguf", **shape, **extra)
-            out[name] = measure(path, args.fast)
-            path.unlink()
-            print(f"{name}: {out[name]}", file=sys.stderr, flush=True)
+        paths = {name: write_tiny_llama(Path(folder) / f"{name}.gguf", **shape, **extra)
+                 for name, extra in variants.items()}
+        out |= measure(paths, args.fast)
     for key in out["moe"]:
         if key.endswith("_seq"):
             out.setdefault("moe_over_dense_active", {})[key] = round(out["moe"][key] / out["dense_active"][key], 2)
