@@ -185,3 +185,37 @@ def test_expert_load_gauges_sum_the_workers_heartbeats():
     values = {s.labels.get("expert"): s.value for m in metrics.registry.collect() for s in m.samples
               if s.name in ("meshllm_moe_expert_tokens", "meshllm_moe_expert_load_imbalance")}
     assert values == {"0": 4, "1": 4, "2": 4, "3": 4, None: 1.0}
+
+
+def test_routing_settings_from_metadata_override_the_architecture():
+    """<arch>.expert_weights_norm wins over the architecture's default; a non-softmax gating
+    function is refused by name; Qwen2-MoE without expert_feed_forward_length falls back as
+    llama.cpp does (feed_forward_length / expert_used_count)."""
+    from engine.architectures import ARCHITECTURES
+    from engine.gguf_file import GGUFError
+    from engine.model_config import _moe_fields
+
+    class File:
+        path = "x.gguf"
+
+    md = {"llama.expert_count": 8, "llama.expert_used_count": 2, "llama.expert_weights_norm": False}
+    fields = _moe_fields(md, "llama", ARCHITECTURES["llama"], 512, File())
+    assert (fields["expert_weights_norm"], fields["expert_intermediate_size"], fields["expert_weights_scale"]) == \
+        (False, 512, 1.0)
+    qwen = _moe_fields({"qwen2moe.expert_count": 60, "qwen2moe.expert_used_count": 4}, "qwen2moe",
+                       ARCHITECTURES["qwen2moe"], 5632, File())
+    assert (qwen["expert_intermediate_size"], qwen["shared_expert_intermediate_size"]) == (1408, 5632)
+    assert not qwen["expert_weights_norm"]
+    with pytest.raises(GGUFError, match="gating function 2"):
+        _moe_fields(md | {"llama.expert_gating_func": 2}, "llama", ARCHITECTURES["llama"], 512, File())
+
+
+def test_random_byte_moe_of_the_benchmark_matches_numpy_reference(tmp_path):
+    """gguf_factory's experts= models (bench_moe.py's): whole model against the NumPy reference."""
+    from gguf_factory import write_tiny_llama
+    model = DecoderModel.load(write_tiny_llama(tmp_path / "moe.gguf", matrix_type="Q4_1", hidden=256, ffn=256,
+                                               experts=4, experts_used=2))
+    ids = [5, 17, 33, 2, 60, 9, 11]
+    want = R.forward(model, np.array(ids))
+    got = logits_along(model, ids, 6)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
