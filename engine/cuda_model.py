@@ -86,6 +86,9 @@ class CudaLlamaModel:
         if host.config.architecture not in CUDA_ARCHITECTURES:
             raise GGUFError(f"architecture {host.config.architecture!r} runs on the CPU backend only for now "
                             f"(CUDA kernels cover {', '.join(CUDA_ARCHITECTURES)}): use --device cpu")
+        if host.config.is_moe:
+            raise GGUFError(f"{host.config.num_experts}-expert Mixture-of-Experts models run on the CPU backend "
+                            "only for now (no CUDA grouped-expert kernel yet): use --device cpu")
         types = {host.embedding.ggml_type, host.head.ggml_type, *(int(t) for t in host.layer_types.ravel())}
         lacking = sorted(types - set(CUDA_TYPES))
         if lacking:                                   # the CPU kernels have more types than the CUDA ones

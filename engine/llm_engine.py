@@ -75,6 +75,16 @@ class EngineStats:
     draft_tokens: int = 0                 # speculative tokens verified (speculation.py)
     accepted_draft_tokens: int = 0        # of those, accepted
     verify_steps: int = 0                 # sequence steps that verified drafts
+    # MoE router statistics (empty for a dense model): tokens routed to each expert, summed over
+    # layers, since start and in the last step; a token counts once per layer per expert it goes to
+    expert_tokens: list[int] = field(default_factory=list)
+    last_step_expert_tokens: list[int] = field(default_factory=list)
+
+    def add_expert_tokens(self, per_layer) -> None:
+        """per_layer (L, E): the model's expert_tokens of one step."""
+        step = [int(n) for n in per_layer.sum(axis=0)]
+        self.last_step_expert_tokens = step
+        self.expert_tokens = [a + b for a, b in zip(self.expert_tokens or [0] * len(step), step, strict=True)]
 
 
 class LLMEngine:
@@ -166,6 +176,8 @@ class LLMEngine:
         sequences = self.scheduler.sequences
         chunks = [(sequences[rid], n) for rid, n in sched.chunks]
         results = self.runner.run(chunks)
+        if self.model.config.is_moe and hasattr(self.model, "expert_tokens"):
+            self.stats.add_expert_tokens(self.model.expert_tokens)
         for seq, n in chunks:
             prompt_part = max(0, min(seq.num_prompt_tokens, seq.num_computed_tokens + n) - seq.num_computed_tokens)
             seq.num_computed_tokens += n - len(seq.draft_ids)    # drafts count once accepted

@@ -1,5 +1,6 @@
-"""A decoder-only Transformer over GGUF weights (Llama, Mistral, Qwen2, Gemma 3): one forward for a
-batch described by arrays. How the architectures differ is data (architectures.py).
+"""A decoder-only Transformer over GGUF weights (Llama, Mistral, Qwen2, Gemma 3, and the Mixture-of-
+Experts Mixtral and Qwen2-MoE): one forward for a batch described by arrays. How the architectures
+differ is data (architectures.py).
 
 The batch mixes sequences and phases freely: each token row says which sequence it belongs to,
 its position, and the KV-cache slot its key and value go to. A prefill chunk is several rows of
@@ -20,6 +21,7 @@ from .kernels.cpu.llama import (
     ATTN_NORM,
     FFN_NORM,
     MATRICES_PER_LAYER,
+    MOE_MATRICES_PER_LAYER,
     NORMS_PER_LAYER,
     POST_ATTN_NORM,
     POST_FFN_NORM,
@@ -32,6 +34,9 @@ from .model_config import ModelConfig
 from .quants import quant_type
 
 _LAYER_MATRICES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+# an MoE layer: the experts stacked in the FFN slots, then its extra matrices (kernels.cpu.llama)
+_MOE_LAYER_MATRICES = _LAYER_MATRICES[:4] + ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
+_MOE_EXTRA_MATRICES = ("ffn_gate_inp", "ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp", "ffn_gate_inp_shexp")
 
 
 @dataclass
@@ -114,7 +119,14 @@ class DecoderModel:
             "ffn_up": (cfg.intermediate_size, cfg.hidden_size),
             "ffn_down": (cfg.hidden_size, cfg.intermediate_size),
         }
+        if cfg.is_moe:
+            E, Fe, Fs, D = cfg.num_experts, cfg.expert_intermediate_size, cfg.shared_expert_intermediate_size, \
+                cfg.hidden_size
+            shapes |= {"ffn_gate_exps": (E * Fe, D), "ffn_up_exps": (E * Fe, D), "ffn_down_exps": (E * D, Fe),
+                       "ffn_gate_inp": (E, D), "ffn_gate_shexp": (Fs, D), "ffn_up_shexp": (Fs, D),
+                       "ffn_down_shexp": (D, Fs), "ffn_gate_inp_shexp": (1, D)}
         self._load_layers(shapes)
+        self._load_moe(shapes)
         self._rope_layout()
         self.attention_scale = np.float32(cfg.attention_scale or 1.0 / np.sqrt(cfg.head_dim))
         self.embedding_scale = np.float32(np.sqrt(cfg.hidden_size)) if cfg.traits.scale_embeddings else None
@@ -132,7 +144,7 @@ class DecoderModel:
         self.head_norms = np.zeros((cfg.num_layers, 2, hd), np.float32)
         for layer in range(cfg.num_layers):
             blk = f"blk.{layer}"
-            for i, name in enumerate(_LAYER_MATRICES):
+            for i, name in enumerate(_MOE_LAYER_MATRICES if cfg.is_moe else _LAYER_MATRICES):
                 tensor = self._matrix(f"{blk}.{name}.weight", *shapes[name])
                 self.layer_weights.append(tensor.data)
                 self.layer_types[layer, i] = tensor.ggml_type
@@ -148,6 +160,28 @@ class DecoderModel:
             if traits.qk_norm:
                 self.head_norms[layer, 0] = self._vector(f"{blk}.attn_q_norm.weight", hd)
                 self.head_norms[layer, 1] = self._vector(f"{blk}.attn_k_norm.weight", hd)
+
+    def _load_moe(self, shapes: dict) -> None:
+        """An MoE model's router and shared-expert matrices, MOE_MATRICES_PER_LAYER per layer ((0, 0)
+        placeholders where a model has none; one placeholder for a dense model), and expert_tokens
+        (L, E): tokens routed to each expert of each layer in the last forward (router statistics)."""
+        cfg = self.config
+        self.moe_weights = List()
+        self.moe_types = np.zeros((cfg.num_layers, MOE_MATRICES_PER_LAYER), np.int64)
+        self.expert_tokens = np.zeros((cfg.num_layers, cfg.num_experts), np.int64)
+        self.has_shared_expert = cfg.is_moe and cfg.traits.shared_expert and cfg.shared_expert_intermediate_size > 0
+        placeholder = np.empty((0, 0), np.uint8)
+        if not cfg.is_moe:
+            self.moe_weights.append(placeholder)
+            return
+        for layer in range(cfg.num_layers):
+            for i, name in enumerate(_MOE_EXTRA_MATRICES):
+                if i > 0 and not self.has_shared_expert:
+                    self.moe_weights.append(placeholder)
+                    continue
+                tensor = self._matrix(f"blk.{layer}.{name}.weight", *shapes[name])
+                self.moe_weights.append(tensor.data)
+                self.moe_types[layer, i] = tensor.ggml_type
 
     def _rope_layout(self) -> None:
         """One table of inverse frequencies per distinct RoPE base; layer_rope names each layer's,
@@ -212,8 +246,17 @@ class DecoderModel:
                       batch.block_tables, batch.seq_ids, batch.positions, batch.slot_mapping,
                       cfg.num_heads, cfg.rms_norm_eps, self.attention_scale, traits.rope_mode == ROPE_NEOX,
                       traits.ffn_activation == FFN_GELU_TANH, traits.qkv_bias, traits.qk_norm, traits.post_norms,
-                      self.int8_activations)
+                      self.int8_activations, self.moe_weights, self.moe_types, cfg.num_experts_used,
+                      cfg.expert_weights_norm, np.float32(cfg.expert_weights_scale), self.has_shared_expert,
+                      self._zeroed_expert_tokens())
         return x
+
+    def _zeroed_expert_tokens(self) -> np.ndarray:
+        """expert_tokens emptied for the next forward; (L, 1) for a dense model (unused)."""
+        if self.expert_tokens.shape[1] == 0:
+            return np.zeros((self.config.num_layers, 1), np.int64)
+        self.expert_tokens[:] = 0
+        return self.expert_tokens
 
     def forward(self, batch: ForwardBatch, kv_cache: KVCache) -> np.ndarray:
         """Logits (len(batch.logits_rows), vocab) f32 for the rows asked for; writes the step's K/V."""

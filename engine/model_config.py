@@ -30,6 +30,17 @@ class ModelConfig:
     attention_scale: float = 0.0   # multiplies q.k; 0 means 1/sqrt(head_dim)
     sliding_window: int = 0        # keys a local layer sees (0: no local layers)
     local_rope_theta: float = 0.0  # RoPE base of local layers
+    # Mixture of Experts (0 experts: a dense model). Every layer is an MoE layer when set.
+    num_experts: int = 0                      # routed experts per layer (E)
+    num_experts_used: int = 0                 # experts each token goes through (top-k)
+    expert_intermediate_size: int = 0         # FFN width of one routed expert
+    shared_expert_intermediate_size: int = 0  # FFN width of the shared expert (0: none)
+    expert_weights_norm: bool = False         # renormalise the k routing weights to sum to 1
+    expert_weights_scale: float = 1.0         # multiplies the routing weights
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
 
     @property
     def queries_per_kv_head(self) -> int:
@@ -81,6 +92,7 @@ class ModelConfig:
             scale = 1.0 / math.sqrt(hidden / heads)
         scaling = md.get(f"{arch}.rope.scaling.type", "none")
         rope_scale = float(md.get(f"{arch}.rope.scaling.factor", 1.0)) if scaling == "linear" else 1.0
+        moe = _moe_fields(md, arch, traits, int(get("feed_forward_length")), gguf)
         config = cls(
             architecture=arch,
             name=str(md.get("general.name", "")),
@@ -100,6 +112,7 @@ class ModelConfig:
             attention_scale=scale,
             sliding_window=window,
             local_rope_theta=float(md.get(f"{arch}.rope.freq_base_swa", traits.default_local_rope_base or 0.0)),
+            **moe,
         )
         config.validate()
         return config
@@ -114,3 +127,39 @@ class ModelConfig:
                             "(head_dim must be a multiple of 16)")
         if self.hidden_size % 16 or self.intermediate_size % 16:
             raise GGUFError("hidden and FFN sizes must be multiples of 16")
+        if self.traits.requires_experts and not self.is_moe:
+            raise GGUFError(f"architecture {self.architecture!r} needs {self.architecture}.expert_count > 0")
+        if self.is_moe:
+            if not 1 <= self.num_experts_used <= self.num_experts:
+                raise GGUFError(f"expert_used_count {self.num_experts_used} must be in 1..{self.num_experts}")
+            if self.expert_intermediate_size % 16 or self.shared_expert_intermediate_size % 16 \
+                    or self.expert_intermediate_size == 0:
+                raise GGUFError("expert FFN widths must be positive multiples of 16")
+
+
+_GATING_SOFTMAX = 1    # llama.cpp's LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX; 2 is sigmoid (DeepSeek V3)
+
+
+def _moe_fields(md: dict, arch: str, traits: Architecture, ffn: int, gguf: GGUFFile) -> dict:
+    """The Mixture-of-Experts fields of ModelConfig, read as llama.cpp reads them (src/models/llama.cpp,
+    qwen2moe.cpp): Mixtral's experts are feed_forward_length wide; Qwen2-MoE's are
+    expert_feed_forward_length wide (else feed_forward_length / expert_used_count) and its shared
+    expert expert_shared_feed_forward_length (else feed_forward_length)."""
+    experts = int(md.get(f"{arch}.expert_count", 0) or 0)
+    if not experts:
+        return {}
+    used = int(md.get(f"{arch}.expert_used_count", 0) or 0)
+    gating = int(md.get(f"{arch}.expert_gating_func", _GATING_SOFTMAX) or _GATING_SOFTMAX)
+    if gating != _GATING_SOFTMAX:
+        raise GGUFError(f"{gguf.path!r}: expert gating function {gating} is not supported (softmax only)")
+    expert_ffn = int(md.get(f"{arch}.expert_feed_forward_length", 0) or 0)
+    if not expert_ffn:
+        expert_ffn = ffn // max(used, 1) if traits.shared_expert else ffn
+    shared = 0
+    if traits.shared_expert:
+        shared = int(md.get(f"{arch}.expert_shared_feed_forward_length", 0) or 0) or ffn
+    scale = float(md.get(f"{arch}.expert_weights_scale", 0.0) or 0.0)
+    return {"num_experts": experts, "num_experts_used": used, "expert_intermediate_size": expert_ffn,
+            "shared_expert_intermediate_size": shared,
+            "expert_weights_norm": bool(md.get(f"{arch}.expert_weights_norm", traits.expert_weights_norm)),
+            "expert_weights_scale": scale or 1.0}

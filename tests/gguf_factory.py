@@ -61,10 +61,11 @@ def write_tiny_llama(path: Path, *, matrix_type: str = "Q4_1", embedding_type: s
                      vocab: int = 96, hidden: int = 256, ffn: int = 512, layers: int = 2, heads: int = 4,
                      kv_heads: int = 2, seed: int = 0, tied: bool = True, context: int = 256,
                      architecture: str = "llama", head_dim: int | None = None, sliding_window: int = 0,
-                     rope_base: float = 10000.0) -> Path:
+                     rope_base: float = 10000.0, experts: int = 0, experts_used: int = 2) -> Path:
     """A random GGUF with a byte-level vocabulary (token i = character chr(32+i)), in the tensor
     layout of `architecture`: "llama", "qwen2" (+ Q/K/V biases) or "gemma3" (+ Q/K norms, post
-    norms, sliding_window on five layers of six)."""
+    norms, sliding_window on five layers of six). experts > 0: a Mixtral-style MoE ("llama" with
+    an F32 router and `experts` experts of width ffn in place of each FFN, top experts_used)."""
     rng = np.random.default_rng(seed)
     head_dim = head_dim or hidden // heads
     w = gguf.GGUFWriter(str(path), architecture)
@@ -83,6 +84,9 @@ def write_tiny_llama(path: Path, *, matrix_type: str = "Q4_1", embedding_type: s
     w.add_rope_freq_base(rope_base)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_dimension_count(head_dim)
+    if experts:
+        w.add_expert_count(experts)
+        w.add_expert_used_count(experts_used)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
     tokens = [chr(33 + i) if 33 + i < 127 else f"<t{i}>" for i in range(vocab)]
@@ -100,6 +104,16 @@ def write_tiny_llama(path: Path, *, matrix_type: str = "Q4_1", embedding_type: s
         else:   # raw bytes (rows, row_bytes); gguf-py derives the element shape from the type
             w.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType(t))
 
+    def expert_matrices(name, rows, cols):
+        """experts matrices (rows, cols) stacked as llama.cpp's 3-D {cols, rows, experts}."""
+        t = type_id(matrix_type)
+        data = random_blocks(t, experts * rows, cols, rng)
+        if matrix_type in ("F32", "F16"):
+            dtype = np.float32 if matrix_type == "F32" else np.float16
+            w.add_tensor(name, data.view(dtype).reshape(experts, rows, cols))
+        else:
+            w.add_tensor(name, data.reshape(experts, rows, -1), raw_dtype=gguf.GGMLQuantizationType(t))
+
     def vector(name, n):
         w.add_tensor(name, (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32))
 
@@ -114,9 +128,15 @@ def write_tiny_llama(path: Path, *, matrix_type: str = "Q4_1", embedding_type: s
         matrix(f"blk.{i}.attn_k.weight", kv_heads * head_dim, hidden, matrix_type)
         matrix(f"blk.{i}.attn_v.weight", kv_heads * head_dim, hidden, matrix_type)
         matrix(f"blk.{i}.attn_output.weight", hidden, heads * head_dim, matrix_type)
-        matrix(f"blk.{i}.ffn_gate.weight", ffn, hidden, matrix_type)
-        matrix(f"blk.{i}.ffn_up.weight", ffn, hidden, matrix_type)
-        matrix(f"blk.{i}.ffn_down.weight", hidden, ffn, matrix_type)
+        if experts:
+            matrix(f"blk.{i}.ffn_gate_inp.weight", experts, hidden, "F32")
+            expert_matrices(f"blk.{i}.ffn_gate_exps.weight", ffn, hidden)
+            expert_matrices(f"blk.{i}.ffn_up_exps.weight", ffn, hidden)
+            expert_matrices(f"blk.{i}.ffn_down_exps.weight", hidden, ffn)
+        else:
+            matrix(f"blk.{i}.ffn_gate.weight", ffn, hidden, matrix_type)
+            matrix(f"blk.{i}.ffn_up.weight", ffn, hidden, matrix_type)
+            matrix(f"blk.{i}.ffn_down.weight", hidden, ffn, matrix_type)
         if architecture == "qwen2":
             for name, n in (("q", heads), ("k", kv_heads), ("v", kv_heads)):
                 w.add_tensor(f"blk.{i}.attn_{name}.bias", (0.5 * rng.standard_normal(n * head_dim)).astype(np.float32))

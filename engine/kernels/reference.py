@@ -66,6 +66,46 @@ def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     return (g * sigmoid * up).astype(np.float32)
 
 
+def route(logits: np.ndarray, k: int, normalize: bool, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """MoE routing of logits (T, E): expert ids (T, k) of the k largest softmax probabilities
+    (descending; ties: the lower id) and their weights (T, k), renormalised to sum to 1 when
+    normalize, times scale."""
+    z = logits.astype(np.float64)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    ids = np.argsort(-z, axis=1, kind="stable")[:, :k]
+    w = np.take_along_axis(p, ids, axis=1)
+    if normalize:
+        w /= w.sum(axis=1, keepdims=True)
+    return ids.astype(np.int32), (w * scale).astype(np.float32)
+
+
+def moe_ffn(h: np.ndarray, router, gate_exps, up_exps, down_exps, k: int, normalize: bool, scale: float = 1.0,
+            act=None) -> np.ndarray:
+    """Token by token: sum over its k experts of weight * down_e(act(gate_e h) * up_e h).
+    router, *_exps: (data, ggml_type); the experts stacked as in kernels/cpu/moe.py."""
+    act = act or silu_mul
+    E = router[0].shape[0]
+    F, D = gate_exps[0].shape[0] // E, h.shape[1]
+    ids, weights = route(matmul(*router, h), k, normalize, scale)
+    out = np.zeros(h.shape, np.float64)
+    for t in range(h.shape[0]):
+        x = h[t:t + 1]
+        for e, w in zip(ids[t], weights[t], strict=True):
+            g = matmul(gate_exps[0][e * F:(e + 1) * F], gate_exps[1], x)
+            u = matmul(up_exps[0][e * F:(e + 1) * F], up_exps[1], x)
+            out[t] += w * matmul(down_exps[0][e * D:(e + 1) * D], down_exps[1], act(g, u))[0]
+    return out.astype(np.float32)
+
+
+def shared_expert(h: np.ndarray, gate, up, down, gate_inp, act=None) -> np.ndarray:
+    """sigmoid(h . gate_inp) * down(act(gate h) * up h) (Qwen2-MoE's shared expert)."""
+    act = act or silu_mul
+    f = matmul(*down, act(matmul(*gate, h), matmul(*up, h))).astype(np.float64)
+    g = 1.0 / (1.0 + np.exp(-matmul(*gate_inp, h).astype(np.float64)))
+    return (g * f).astype(np.float32)
+
+
 def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_heads: int, num_kv_heads: int,
                      head_dim: int, q_positions: np.ndarray, scale: float | None = None,
                      window: int = 0) -> np.ndarray:
@@ -123,7 +163,14 @@ def forward(model, token_ids: np.ndarray) -> np.ndarray:
         a = matmul(*w["o"], attn)
         x = x + (rms_norm(a, norms[2], eps) if traits.post_norms else a)
         h = rms_norm(x, norms[1], eps)
-        f = matmul(*w["down"], act(matmul(*w["gate"], h), matmul(*w["up"], h)))
+        if cfg.is_moe:
+            extra = [(model.moe_weights[layer * 5 + i], model.moe_types[layer, i]) for i in range(5)]
+            f = moe_ffn(h, extra[0], w["gate"], w["up"], w["down"], cfg.num_experts_used, cfg.expert_weights_norm,
+                        cfg.expert_weights_scale, act)
+            if model.has_shared_expert:
+                f = f + shared_expert(h, *extra[1:], act=act)
+        else:
+            f = matmul(*w["down"], act(matmul(*w["gate"], h), matmul(*w["up"], h)))
         x = x + (rms_norm(f, norms[3], eps) if traits.post_norms else f)
     h = rms_norm(x, model.output_norm, eps)
     return matmul(model.head.data, model.head.ggml_type, h)

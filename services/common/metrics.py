@@ -37,6 +37,28 @@ class Metrics:
                                            "(live workers' totals)", registry=r)
         self.verify_steps = Gauge("meshllm_speculative_verify_steps", "sequence steps that verified drafts "
                                   "(live workers' totals)", registry=r)
+        self.expert_tokens = Gauge("meshllm_moe_expert_tokens", "MoE models: tokens routed to each expert, "
+                                   "summed over layers (live workers' totals)", ["expert"], registry=r)
+        self.expert_load_imbalance = Gauge("meshllm_moe_expert_load_imbalance", "MoE models: the busiest "
+                                           "expert's tokens over the mean expert's (1 = balanced)", registry=r)
+
+    def set_expert_load(self, workers: list[dict]) -> None:
+        """The expert gauges from the workers' heartbeats ("expert_tokens": "n0,n1,..."); workers of a
+        dense model, or of a model with another expert count than the first, are left out."""
+        totals: list[int] = []
+        for worker in workers:
+            raw = worker.get("expert_tokens")
+            if not raw:
+                continue
+            counts = [int(n) for n in str(raw).split(",")]
+            if not totals:
+                totals = counts
+            elif len(counts) == len(totals):
+                totals = [a + b for a, b in zip(totals, counts, strict=True)]
+        for expert, n in enumerate(totals):
+            self.expert_tokens.labels(str(expert)).set(n)
+        mean = sum(totals) / len(totals) if totals else 0
+        self.expert_load_imbalance.set(max(totals) / mean if mean else 0.0)
 
     def observe_request(self, service: str, method: str, code, seconds: float) -> None:
         self.requests.labels(service, method, getattr(code, "name", str(code))).inc()

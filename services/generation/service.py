@@ -215,6 +215,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         METRICS.draft_tokens.set(sum(int(w.get("draft_tokens", 0)) for w in workers))
         METRICS.accepted_draft_tokens.set(sum(int(w.get("accepted_draft_tokens", 0)) for w in workers))
         METRICS.verify_steps.set(sum(int(w.get("verify_steps", 0)) for w in workers))
+        METRICS.set_expert_load(workers)
         return True
 
 

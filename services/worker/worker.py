@@ -151,6 +151,8 @@ class Worker:
                 "prefix_hit_rate": round(self.engine.kv.stats.hit_rate, 4),
                 "draft_tokens": stats.draft_tokens, "accepted_draft_tokens": stats.accepted_draft_tokens,
                 "verify_steps": stats.verify_steps}
+        if stats.expert_tokens:                              # an MoE model: its router statistics
+            info["expert_tokens"] = ",".join(map(str, stats.expert_tokens))
         key = self.keys.worker(self.worker_id)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(key, mapping=info)

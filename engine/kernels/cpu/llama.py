@@ -14,6 +14,7 @@ Per layer, for the T tokens of a step (D = hidden, F = FFN width, H/KV = query/k
     x += [rms_norm(a) * post_attention_norm] a
     h = rms_norm(x) * ffn_norm
     f = (act(h Wg^T) * (h Wu^T)) Wd^T,  act = silu | gelu_tanh   (T, F) -> (T, D)
+      | MoE: f = sum of the top-k experts' weighted FFNs (moe.py)  [+ sigmoid(h . g_s) * shared FFN(h)]
     x += [rms_norm(f) * post_ffw_norm] f
 """
 import numpy as np
@@ -21,8 +22,9 @@ from numba import njit
 
 from .attention import paged_attention_window, write_kv
 from .matmul import matmul
-from .ops import add_bias, add_inplace, gelu_tanh_mul, head_rms_norm, rms_norm, rope, rope_neox, silu_mul
-from .projections import project
+from .moe import moe_ffn, shared_expert_add
+from .ops import add_bias, add_inplace, head_rms_norm, rms_norm, rope, rope_neox
+from .projections import gated_ffn, project
 
 # Order of a layer's seven matrices in `weights` / `weight_types`.
 WQ, WK, WV, WO, W_GATE, W_UP, W_DOWN = range(7)
@@ -30,6 +32,10 @@ MATRICES_PER_LAYER = 7
 # Order of a layer's norms in `norms` (the last two only with post_norms).
 ATTN_NORM, FFN_NORM, POST_ATTN_NORM, POST_FFN_NORM = range(4)
 NORMS_PER_LAYER = 4
+# An MoE layer's extra matrices in `moe_weights` / `moe_types` (its W_GATE, W_UP, W_DOWN slots hold
+# the E experts stacked: (E*F, .), (E*F, .), (E*D, .)); the shared expert's only with one.
+MOE_ROUTER, SHARED_GATE, SHARED_UP, SHARED_DOWN, SHARED_GATE_INP = range(5)
+MOE_MATRICES_PER_LAYER = 5
 
 
 @njit(cache=True, nogil=True)
@@ -44,7 +50,8 @@ def _rope(x, heads, hd, cos, sin, neox):
 def decoder_stack(x, weights, weight_types, norms, qkv_bias, head_norms, k_cache, v_cache, rope_cos, rope_sin,
                   layer_rope, layer_window, block_tables, seq_ids, positions, slot_mapping, num_heads, eps,
                   attention_scale, rope_neox_mode, gelu_ffn, has_qkv_bias, has_qk_norm, has_post_norms,
-                  int8_activations):
+                  int8_activations, moe_weights, moe_types, num_experts_used, expert_weights_norm,
+                  expert_weights_scale, has_shared_expert, expert_tokens):
     """Run all layers over x (T, D) f32 in place.
 
     int8_activations: decode-sized steps quantize activations to int8 (matmul.py); else float32.
@@ -55,11 +62,15 @@ def decoder_stack(x, weights, weight_types, norms, qkv_bias, head_norms, k_cache
     rope_cos/sin (R, T, rope_dim/2), layer_rope (L,) i64 which of the R tables a layer uses;
     layer_window (L,) i64 sliding window of a layer (0: global); block_tables (S, max_blocks),
     seq_ids (T,), positions (T,), slot_mapping (T,) i32.
+    MoE (num_experts_used = k > 0, else dense and the moe_* arguments unused): moe_weights list of
+    (rows, row_bytes) u8, 5 per layer (MOE_ROUTER..SHARED_GATE_INP); moe_types (L, 5); expert_tokens
+    (L, E) i64 += tokens routed to each expert of each layer.
     """
     T, D = x.shape
     n_kv = k_cache.shape[2]
     hd = k_cache.shape[3]
-    F = weights[W_GATE].shape[0]
+    # FFN width of the dense FFN, or of an MoE model's shared expert (0 without one)
+    F = moe_weights[SHARED_GATE].shape[0] if num_experts_used else weights[W_GATE].shape[0]
     nq = num_heads * hd
     nk = n_kv * hd
     h = np.empty((T, D), np.float32)
@@ -70,6 +81,7 @@ def decoder_stack(x, weights, weight_types, norms, qkv_bias, head_norms, k_cache
     gate = np.empty((T, F), np.float32)
     up = np.empty((T, F), np.float32)
     proj = np.empty((T, D), np.float32)
+    shared_out = np.empty((T, D if has_shared_expert else 0), np.float32)   # the shared expert's FFN
     no_matrix = np.empty((0, 0), np.uint8)
     no_output = np.empty((0, 0), np.float32)
     for layer in range(weight_types.shape[0]):
@@ -98,14 +110,20 @@ def decoder_stack(x, weights, weight_types, norms, qkv_bias, head_norms, k_cache
             rms_norm(proj, norms[layer, POST_ATTN_NORM], eps, proj)
         add_inplace(x, proj)
         rms_norm(x, norms[layer, FFN_NORM], eps, h)
-        project(h, int8_activations, weights[w + W_GATE], types[W_GATE], gate, weights[w + W_UP], types[W_UP], up,
-                no_matrix, 0, no_output)
-        if gelu_ffn:
-            gelu_tanh_mul(gate, up, gate)
+        if num_experts_used:
+            m = layer * MOE_MATRICES_PER_LAYER
+            mt = moe_types[layer]
+            moe_ffn(h, int8_activations, moe_weights[m + MOE_ROUTER], mt[MOE_ROUTER], weights[w + W_GATE],
+                    types[W_GATE], weights[w + W_UP], types[W_UP], weights[w + W_DOWN], types[W_DOWN],
+                    num_experts_used, expert_weights_norm, expert_weights_scale, gelu_ffn, proj, expert_tokens[layer])
+            if has_shared_expert:
+                shared_expert_add(h, int8_activations, moe_weights[m + SHARED_GATE], mt[SHARED_GATE],
+                                  moe_weights[m + SHARED_UP], mt[SHARED_UP], moe_weights[m + SHARED_DOWN],
+                                  mt[SHARED_DOWN], moe_weights[m + SHARED_GATE_INP], mt[SHARED_GATE_INP], gelu_ffn,
+                                  gate, up, shared_out, proj)
         else:
-            silu_mul(gate, up, gate)
-        project(gate, int8_activations, weights[w + W_DOWN], types[W_DOWN], proj, no_matrix, 0, no_output,
-                no_matrix, 0, no_output)
+            gated_ffn(h, int8_activations, weights[w + W_GATE], types[W_GATE], weights[w + W_UP], types[W_UP],
+                      weights[w + W_DOWN], types[W_DOWN], gelu_ffn, gate, up, proj)
         if has_post_norms:
             rms_norm(proj, norms[layer, POST_FFN_NORM], eps, proj)
         add_inplace(x, proj)

@@ -8,6 +8,9 @@ Batch-sized steps go through matmul (its GEMM path) matrix by matrix.
 
     project(x (T, K) f32, int8_activations, w0, type0, out0, w1, type1, out1, w2, type2, out2)
             out_i (T, N_i) = x @ W_i^T;  an unused slot gets a (0, 0) matrix and output
+    gated_ffn(h (T, D) f32, int8_activations, w_gate (F, .) u8, gate_type, w_up (F, .), up_type,
+              w_down (D, .), down_type, gelu, gate (T, F) f32, up (T, F) f32, out (T, D) f32)
+            out = (act(h Wg^T) * (h Wu^T)) Wd^T, act = silu | gelu_tanh; gate, up are scratch
 """
 import numpy as np
 from numba import njit, prange
@@ -16,6 +19,7 @@ from .dot_f32 import dot_row
 from .matmul import GEMM_MIN_TOKENS, matmul
 from .matmul_f32 import block_sums
 from .matmul_q8 import has_int8_kernel, quantize_rows, row_dot_q8
+from .ops import gelu_tanh_mul, silu_mul
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -59,3 +63,15 @@ def project(x, int8_activations, w0, type0, out0, w1, type1, out1, w2, type2, ou
     if int8_activations:
         quantize_rows(x, qx, dx, xqsum16)
     _rows(x, int8_activations, xsum, qx, dx, xqsum16, w0, type0, out0, w1, type1, out1, w2, type2, out2)
+
+
+@njit(cache=True, nogil=True)
+def gated_ffn(h, int8_activations, w_gate, gate_type, w_up, up_type, w_down, down_type, gelu, gate, up, out):
+    no_matrix = np.empty((0, 0), np.uint8)
+    no_output = np.empty((0, 0), np.float32)
+    project(h, int8_activations, w_gate, gate_type, gate, w_up, up_type, up, no_matrix, 0, no_output)
+    if gelu:
+        gelu_tanh_mul(gate, up, gate)
+    else:
+        silu_mul(gate, up, gate)
+    project(gate, int8_activations, w_down, down_type, out, no_matrix, 0, no_output, no_matrix, 0, no_output)
