@@ -219,7 +219,9 @@ def hf_weights(spec: MoESpec, quant: str) -> dict[str, np.ndarray]:
     return weights
 
 
-def write_moe_gguf(path: Path, spec: MoESpec, quant: str) -> Path:
+def write_moe_gguf(path: Path, spec: MoESpec, quant: str, merges: tuple[str, ...] = ()) -> Path:
+    """The model as GGUF. `merges`: BPE merges to list (none by default; llama.cpp refuses a "gpt2"
+    vocabulary without any, and token ids fed to it directly never meet them)."""
     w = gguf.GGUFWriter(str(path), spec.architecture)
     w.add_name(f"tiny-random-{spec.name}-{quant}")
     w.add_block_count(spec.layers)
@@ -242,7 +244,7 @@ def write_moe_gguf(path: Path, spec: MoESpec, quant: str) -> Path:
     w.add_tokenizer_pre("default")
     w.add_token_list(["<|endoftext|>"] + _byte_level_tokens())
     w.add_token_types([3] + [1] * 256)
-    w.add_token_merges([])
+    w.add_token_merges(list(merges))
     w.add_eos_token_id(0)
     w.add_add_bos_token(False)
     for name, data, type_name, _ in _gguf_tensors(spec, quant):
