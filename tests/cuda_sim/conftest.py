@@ -23,7 +23,6 @@ import traceback
 from contextlib import contextmanager
 
 import numpy as np
-
 from numba import config
 
 if config.ENABLE_CUDASIM:
