@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from .block_pool import BlockPool
 from .block_store import BlockStore, InvalidBlock, decode_block, encode_block
+from .constraints import GrammarCompiler
 from .kv_cache_manager import KVCacheManager
 from .model import DecoderModel
 from .model_runner import ModelRunner
@@ -107,6 +108,7 @@ class LLMEngine:
         self._store = block_store
         self._exporter = _BlockExporter(block_store, self) if block_store is not None else None
         self._k_shape = (mc.num_layers, mc.num_kv_heads, mc.head_dim, config.block_size)
+        self.grammars = GrammarCompiler(tokenizer, mc.vocab_size)    # structured output (constraints.py)
 
     # ------------------------------------------------------------------ requests
 
@@ -137,8 +139,9 @@ class LLMEngine:
         if request_id in self.scheduler.sequences:
             raise GenerationError(f"request {request_id!r} is already running")
         self.validate(prompt_ids, options)
+        constrained = self.grammars.decoder(options.constraint) if options.constraint is not None else None
         seq = Sequence(request_id, prompt_ids, options, self.tokenizer, self.max_context, next(self._arrival),
-                       resumed_output)
+                       resumed_output, constrained)
         self.scheduler.add(seq)
         return seq
 

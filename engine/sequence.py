@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .constraints import ConstrainedDecoder, OutputConstraint
 from .detokenizer import IncrementalDetokenizer
 from .sampling import Sampler, SamplingParams, logprobs_of
 from .speculation import NO_SPECULATION, DraftLength, SpeculationParams, propose_drafts
@@ -27,6 +28,7 @@ class RequestOptions:
     top_logprobs: int = 0                   # also report this many most likely alternatives
     skip_special_tokens: bool = True
     speculation: SpeculationParams = NO_SPECULATION   # prompt-lookup drafts (speculation.py)
+    constraint: OutputConstraint | None = None        # JSON schema, regex, choice, grammar (constraints.py)
 
 
 @dataclass
@@ -49,7 +51,9 @@ class SequenceStatus(enum.Enum):
 
 class Sequence:
     def __init__(self, request_id: str, prompt_ids: list[int], options: RequestOptions, tokenizer: Tokenizer,
-                 max_context: int, arrival: int, resumed_output: list[int] | None = None):
+                 max_context: int, arrival: int, resumed_output: list[int] | None = None,
+                 constrained: ConstrainedDecoder | None = None):
+        """constrained: the parser of options.constraint (the engine compiles it), or None."""
         self.request_id = request_id
         self.options = options
         self.num_prompt_tokens = len(prompt_ids)
@@ -75,8 +79,11 @@ class Sequence:
         self._matcher = StopSequenceMatcher(stopping.stop_sequences, stopping.include_stop_sequence)
         self._end_ids = frozenset() if stopping.ignore_eos else tokenizer.special.end_of_generation_ids
         self._stop_ids = frozenset(stopping.stop_token_ids)
+        self._constrained = constrained
         # Tokens generated before a worker died: replayed silently, then generation continues.
         for token in resumed_output or []:
+            if constrained is not None:
+                constrained.accept(token)
             self._sampler.observe(token)
             self._matcher.feed(self._detok.push(token))
             self.token_ids.append(token)
@@ -132,7 +139,7 @@ class Sequence:
 
     def append_token(self, logits: np.ndarray) -> TokenEvent:
         """Sample the next token from the logits of the last token and apply the stop rules."""
-        token = self._sampler.sample(logits)
+        token = self._sampler.sample(logits if self._constrained is None else self._constrained.masked(logits))
         logprob, top = None, []
         if self.options.logprobs or self.options.top_logprobs:
             logprob, top = logprobs_of(logits, token, self.options.top_logprobs)
@@ -144,13 +151,16 @@ class Sequence:
 
     def wants_device_sampling(self) -> bool:
         """A device sampler can choose this sequence's tokens (and the logprob it may report)."""
-        return self.options.top_logprobs == 0 and not self.draft_ids and self._sampler.device_sampling()
+        return (self.options.top_logprobs == 0 and not self.draft_ids and self._constrained is None
+                and self._sampler.device_sampling())
 
     def append_sampled(self, token: int, logprob: float | None = None,
                        top_logprobs: list[tuple[int, float]] | None = None) -> TokenEvent:
         """Append a token already chosen (on the host from logits, or by a device sampler) and apply
         the stop rules. logprob: log p(token) under the model, reported only when the request asked."""
         self._sampler.observe(token)
+        if self._constrained is not None:
+            self._constrained.accept(token)
         opts = self.options
         event = TokenEvent(self.num_output_tokens, token, "", prompt_tokens=self.num_prompt_tokens,
                            cached_prompt_tokens=self.num_cached_prompt_tokens)
@@ -165,6 +175,8 @@ class Sequence:
             event.text = self._matcher.feed(self._detok.push(token))
             if self._matcher.stopped:
                 event.finish_reason = FinishReason.STOP_SEQUENCE
+            elif self._constrained is not None and self._constrained.is_complete:
+                event.finish_reason = FinishReason.END_OF_TURN     # the grammar allows nothing more
             elif self.num_output_tokens >= opts.stopping.max_new_tokens or self.num_tokens >= self.max_context:
                 event.finish_reason = FinishReason.LENGTH
         if event.finish_reason is not None and event.finish_reason is not FinishReason.STOP_SEQUENCE:

@@ -125,6 +125,24 @@ def test_speculation_changes_the_speed_not_the_answer(gen):
     assert "debugging assertions" in fast.text
 
 
+def test_structured_output_through_the_worker(gen):
+    """A JSON schema, a choice and a regex held through front-end, Redis job and worker."""
+    schema = '{"type": "object", "properties": {"city": {"type": "string", "maxLength": 16}}, "required": ["city"]}'
+    reply = gen.Generate(generation_pb2.GenerateRequest(
+        chat=chat("What is the capital of France?"), constraint=generation_pb2.OutputConstraint(json_schema=schema),
+        **greedy()))
+    assert reply.text.startswith('{"city": "') and reply.text.endswith('"}')
+    assert reply.finish_reason == FR.FINISH_REASON_EOS
+    chunks = list(gen.GenerateStream(generation_pb2.GenerateRequest(
+        chat=chat("Is Paris in France?"), **greedy(),
+        constraint=generation_pb2.OutputConstraint(choice=generation_pb2.ChoiceList(choices=["Yes", "No"])))))
+    assert "".join(c.text for c in chunks) in ("Yes", "No")
+    reply = gen.Generate(generation_pb2.GenerateRequest(
+        chat=chat("When did Apollo 11 land?"), **greedy(),
+        constraint=generation_pb2.OutputConstraint(regex=r"[0-9]{4}")))
+    assert len(reply.text) == 4 and reply.text.isdigit()
+
+
 def test_token_ids_input_and_stop_sequences(gen, llm):
     ids = llm.encode("The capital of France is")
     reply = gen.Generate(generation_pb2.GenerateRequest(token_ids=generation_pb2.TokenIds(ids=ids),
@@ -199,6 +217,12 @@ def test_model_info(gen):
      "num_draft_tokens"),
     ({"chat": generation_pb2.Chat(messages=[common_pb2.ChatMessage(role="x", content="y")])}, "INVALID_ARGUMENT",
      "role"),
+    ({"text": "hi", "constraint": generation_pb2.OutputConstraint()}, "INVALID_ARGUMENT", "set one of json_schema"),
+    ({"text": "hi", "constraint": generation_pb2.OutputConstraint(json_schema='{"type": "strin"}')},
+     "INVALID_ARGUMENT", "Invalid type: strin"),
+    ({"text": "hi", "constraint": generation_pb2.OutputConstraint(lark_grammar='start: "a" <|no_such_token|>')},
+     "INVALID_ARGUMENT", "unknown special token"),
+    ({"text": "hi", "constraint": generation_pb2.OutputConstraint(regex="(")}, "INVALID_ARGUMENT", "regex"),
 ])
 def test_bad_requests_get_clear_codes(gen, request_kwargs, code, message):
     for call in (gen.Generate, lambda r: list(gen.GenerateStream(r))):

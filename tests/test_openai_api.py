@@ -277,7 +277,8 @@ def test_an_unknown_model_is_404(client):
     ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role", "invalid_value"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools",
      "unsupported_parameter"),
-    ({"response_format": {"type": "json_object"}}, "response_format", "unsupported_parameter"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strin"}}}},
+     None, "invalid_value"),
     ({"extra_body": {"bogus": 1}}, "bogus", "unknown_parameter"),
 ])
 def test_bad_parameters_are_400_naming_them(client, kwargs, param, code):
@@ -286,6 +287,27 @@ def test_bad_parameters_are_400_naming_them(client, kwargs, param, code):
         client.chat.completions.create(**request)
     assert (e.value.status_code, e.value.param, e.value.code) == (400, param, code), e.value.body
     assert set(e.value.body) == SHAPE
+
+
+def test_json_schema_output_validates_unary_and_streamed(client):
+    """response_format json_schema through the openai client: the answer parses and validates,
+    streamed or not, and its choice finishes with "stop"."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = {"type": "object", "properties": {"country": {"type": "string", "maxLength": 20},
+                                               "capital": {"type": "string", "maxLength": 20}},
+              "required": ["country", "capital"], "additionalProperties": False}
+    response_format = {"type": "json_schema", "json_schema": {"name": "capital", "schema": schema, "strict": True}}
+    reply = client.chat.completions.create(model=MODEL, messages=FRANCE, max_tokens=60, temperature=0,
+                                           response_format=response_format)
+    jsonschema.validate(json.loads(reply.choices[0].message.content), schema)
+    assert reply.choices[0].finish_reason == "stop"
+    chunks = client.chat.completions.create(model=MODEL, messages=FRANCE, max_tokens=60, temperature=0.8, seed=3,
+                                            response_format=response_format, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    jsonschema.validate(json.loads(text), schema)
+    choice = client.completions.create(model=MODEL, prompt="Is Paris in France? Answer:", max_tokens=4,
+                                       extra_body={"guided_choice": [" yes", " no"]}).choices[0]
+    assert choice.text in (" yes", " no")
 
 
 def test_the_mesh_refusing_a_request_is_400_even_when_streamed(client):

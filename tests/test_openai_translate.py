@@ -2,6 +2,7 @@
 bodies, gRPC status -> HTTP status and error shape. No stack, no sockets (tests/test_openai_api.py
 drives the real thing)."""
 import base64
+import json
 
 import grpc
 import numpy as np
@@ -68,7 +69,6 @@ def test_completion_prompts_in_openai_choice_order():
 
 @pytest.mark.parametrize("body,param", [
     (chat(tools=[{"type": "function"}]), "tools"),
-    (chat(response_format={"type": "json_object"}), "response_format"),
     (chat(logit_bias={"5": 1.0}), "logit_bias"),
     (chat(store=True), "store"),
     (CompletionRequest(model="m", prompt="x", echo=True), "echo"),
@@ -79,6 +79,39 @@ def test_what_the_protos_cannot_carry_is_refused_by_name(body, param):
     with pytest.raises(OpenAIError) as e:
         translate.refuse_unsupported(body, can_name_tokens=True, max_choices=16)
     assert (e.value.status, e.value.param, e.value.code) == (400, param, "unsupported_parameter")
+
+
+def test_structured_output_becomes_the_requests_constraint():
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    (r,) = translate.chat_requests(chat(response_format={"type": "json_schema", "json_schema": {
+        "name": "x", "schema": schema, "strict": True}}), "c")
+    assert json.loads(r.constraint.json_schema) == schema
+    (r,) = translate.chat_requests(chat(response_format={"type": "json_object"}), "c")
+    assert r.constraint.WhichOneof("kind") == "json_object" and r.constraint.json_object
+    (r,) = translate.chat_requests(chat(response_format={"type": "text"}), "c")
+    assert not r.HasField("constraint")
+    (r,) = translate.chat_requests(chat(guided_choice=["yes", "no"]), "c")
+    assert list(r.constraint.choice.choices) == ["yes", "no"]
+    (r,) = translate.completion_requests(CompletionRequest(model="m", prompt="x", guided_regex="[0-9]+"), "c")
+    assert r.constraint.regex == "[0-9]+"
+    (r,) = translate.completion_requests(CompletionRequest(model="m", prompt="x", guided_grammar='root ::= "a"'), "c")
+    assert r.constraint.gbnf_grammar == 'root ::= "a"'
+    (r,) = translate.completion_requests(CompletionRequest(model="m", prompt="x", guided_grammar='start: "a"'), "c")
+    assert r.constraint.lark_grammar == 'start: "a"'
+    (r,) = translate.completion_requests(CompletionRequest(model="m", prompt="x", guided_json=schema), "c")
+    assert json.loads(r.constraint.json_schema) == schema
+
+
+@pytest.mark.parametrize("body,param", [
+    (chat(response_format={"type": "xml"}), "response_format"),
+    (chat(response_format={"type": "json_schema", "json_schema": "nope"}), "response_format"),
+    (chat(response_format={"type": "json_object"}, guided_regex="a"), "response_format"),
+    (chat(guided_choice=[]), "guided_choice"),
+])
+def test_bad_structured_output_is_400_naming_it(body, param):
+    with pytest.raises(OpenAIError) as e:
+        translate.chat_requests(body, "c")
+    assert (e.value.status, e.value.param) == (400, param)
 
 
 def test_values_that_ask_for_nothing_are_accepted():

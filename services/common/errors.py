@@ -15,6 +15,7 @@ import grpc
 import redis
 
 from engine.chat_template import ChatTemplateError
+from engine.constraints import ConstraintError
 from engine.llm_engine import GenerationError
 from engine.sampling import SamplingError
 from engine.speculation import SpeculationError
@@ -36,7 +37,8 @@ class ServiceError(Exception):
         self.code = code
 
 
-USER_ERRORS = (InvalidRequest, GenerationError, SamplingError, StoppingError, SpeculationError, ChatTemplateError)
+USER_ERRORS = (InvalidRequest, GenerationError, SamplingError, StoppingError, SpeculationError, ChatTemplateError,
+               ConstraintError)
 _JOB_CODES = {"invalid_argument": grpc.StatusCode.INVALID_ARGUMENT, "internal": grpc.StatusCode.INTERNAL}
 
 

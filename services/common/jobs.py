@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import redis
 
+from engine.constraints import OutputConstraint
 from engine.sampling import SamplingParams
 from engine.sequence import RequestOptions, TokenEvent
 from engine.speculation import SpeculationParams
@@ -79,6 +80,7 @@ class JobSpec:
     skip_special_tokens: bool = True
     submitted_at: float = 0.0
     speculation: dict = field(default_factory=dict)
+    constraint: dict | None = None          # OutputConstraint.as_dict(), or None
 
     @classmethod
     def from_options(cls, job_id: str, prompt_ids: list[int], options: RequestOptions) -> JobSpec:
@@ -86,14 +88,17 @@ class JobSpec:
         stopping["stop_sequences"] = list(stopping["stop_sequences"])
         stopping["stop_token_ids"] = list(stopping["stop_token_ids"])
         return cls(job_id, list(prompt_ids), asdict(options.sampling), stopping, options.logprobs,
-                   options.top_logprobs, options.skip_special_tokens, time.time(), asdict(options.speculation))
+                   options.top_logprobs, options.skip_special_tokens, time.time(), asdict(options.speculation),
+                   options.constraint.as_dict() if options.constraint is not None else None)
 
     def options(self) -> RequestOptions:
         stopping = dict(self.stopping)
         stopping["stop_sequences"] = tuple(stopping.get("stop_sequences", ()))
         stopping["stop_token_ids"] = tuple(stopping.get("stop_token_ids", ()))
+        constraint = OutputConstraint(**self.constraint) if self.constraint else None
         return RequestOptions(SamplingParams(**self.sampling), StoppingCriteria(**stopping), self.logprobs,
-                              self.top_logprobs, self.skip_special_tokens, SpeculationParams(**self.speculation))
+                              self.top_logprobs, self.skip_special_tokens, SpeculationParams(**self.speculation),
+                              constraint)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

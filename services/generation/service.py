@@ -9,6 +9,7 @@ Redis going away (UNAVAILABLE). A request the worker refuses comes back INVALID_
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -16,6 +17,7 @@ import uuid
 
 import grpc
 
+from engine.constraints import ConstraintError, GrammarCompiler, OutputConstraint
 from engine.llm import LLM
 from engine.sampling import SamplingParams
 from engine.sequence import RequestOptions
@@ -49,6 +51,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         self.config = llm.config
         self.jobs = jobs
         self.limits = limits
+        self.grammars = GrammarCompiler(llm.tokenizer, llm.config.vocab_size)
 
     # ------------------------------------------------------------------ request -> job
 
@@ -109,7 +112,9 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         if r.top_logprobs > self.limits.max_top_logprobs:
             raise InvalidRequest(f"top_logprobs is {r.top_logprobs}; the limit is {self.limits.max_top_logprobs}")
         speculation = SpeculationParams(num_draft_tokens=request.speculation.num_draft_tokens)
-        return RequestOptions(sampling, stopping, r.logprobs, r.top_logprobs, not r.keep_special_tokens, speculation)
+        constraint = constraint_from_pb(request.constraint) if request.HasField("constraint") else None
+        return RequestOptions(sampling, stopping, r.logprobs, r.top_logprobs, not r.keep_special_tokens, speculation,
+                              constraint)
 
     async def start(self, request) -> tuple[str, int]:
         """Validate and queue the request; (job id, prompt tokens)."""
@@ -117,6 +122,11 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
             raise InvalidRequest("request_id: 1-128 characters of letters, digits and . _ : -")
         ids = self.prompt_ids(request)
         options = self.options(request, len(ids))
+        if options.constraint is not None:               # refused here, before it is queued
+            try:
+                await asyncio.to_thread(self.grammars.check, options.constraint)
+            except ConstraintError as e:
+                raise InvalidRequest(str(e)) from e
         job_id = request.request_id or uuid.uuid4().hex
         if not await self.jobs.reserve(job_id):
             raise ServiceError(grpc.StatusCode.ALREADY_EXISTS, f"request_id {job_id!r} is already in use")
@@ -219,6 +229,21 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         return True
 
 
+def constraint_from_pb(message) -> OutputConstraint:
+    """OutputConstraint (engine/constraints.py) of a GenerateRequest.constraint."""
+    kind = message.WhichOneof("kind")
+    if kind is None:
+        raise InvalidRequest("constraint: set one of json_schema, json_object, regex, choice, lark_grammar, "
+                             "gbnf_grammar")
+    if kind == "json_object":
+        if not message.json_object:
+            raise InvalidRequest("constraint.json_object must be true when set")
+        return OutputConstraint("json_object")
+    if kind == "choice":
+        return OutputConstraint("choice", json.dumps(list(message.choice.choices), ensure_ascii=False))
+    return OutputConstraint({"lark_grammar": "lark", "gbnf_grammar": "gbnf"}.get(kind, kind), getattr(message, kind))
+
+
 def _add_token(response, event: OutputEvent, options) -> int:
     if event.token_id is None:
         return 0
@@ -248,6 +273,7 @@ async def run(server_config, limits: GenerationLimits, redis_config, queue_confi
                                      health_check_interval=10)
     jobs = AsyncJobClient(client, Keys(redis_config.key_prefix), queue_config)
     servicer = GenerationServicer(llm, jobs, limits)
+    await asyncio.to_thread(servicer.grammars.warm)       # structured output's tokenizer, not on a request
 
     async def ready() -> bool:
         try:

@@ -3,7 +3,8 @@
 Unknown fields are refused (OpenAI does the same: "Unrecognized request argument"). Fields OpenAI
 has and the mesh cannot honour are declared, so that translate.py refuses them by name when they
 ask for something (a non-default value) instead of dropping them. A few vLLM-style extensions
-expose what GenerateRequest has beyond OpenAI: top_k, min_p, repetition_penalty, ignore_eos.
+expose what GenerateRequest has beyond OpenAI: top_k, min_p, repetition_penalty, ignore_eos, and
+structured output as guided_json / guided_regex / guided_choice / guided_grammar.
 """
 from __future__ import annotations
 
@@ -41,6 +42,11 @@ class _Sampling(_Body):
     min_p: float | None = Field(None, ge=0, le=1)
     repetition_penalty: float | None = Field(None, gt=0, le=10)
     ignore_eos: bool = False
+    # structured output, vLLM's names (chat also takes OpenAI's response_format)
+    guided_json: dict | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
     @field_validator("stop", mode="before")
     @classmethod

@@ -7,6 +7,8 @@ seed, choice i uses seed + i so the choices differ and each is reproducible.
 """
 from __future__ import annotations
 
+import json
+
 from ..api import common_pb2, generation_pb2, retrieval_pb2
 from .errors import invalid, model_not_found, unsupported
 from .schemas import MAX_SEED, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, RagCompletionRequest
@@ -23,7 +25,6 @@ _CHAT_UNSUPPORTED = {
     "functions": ((), "the mesh has no tool calling"),
     "tool_choice": (("none",), "the mesh has no tool calling"),
     "function_call": (("none",), "the mesh has no tool calling"),
-    "response_format": (({"type": "text"},), "the mesh has no structured (JSON) output"),
     "audio": ((), "the mesh generates text only"),
     "modalities": ((["text"],), "the mesh generates text only"),
     "prediction": ((), "GenerateRequest has no predicted output (prompt-lookup speculation is automatic "
@@ -70,6 +71,50 @@ def refuse_unsupported(request: ChatCompletionRequest | CompletionRequest, can_n
                                       "(set MESHLLM_TOKENIZER_ADDRESS)")
     if calls > max_choices:
         raise invalid(f"{calls} choices asked (n times the prompts); the limit is {max_choices}", param="n")
+
+
+def constraint_pb(request) -> generation_pb2.OutputConstraint | None:
+    """The structured-output constraint of a chat (response_format, or vLLM's guided_*) or a
+    completion (guided_*); None when none is asked for. At most one may be given."""
+    asked = {name: getattr(request, name) for name in ("guided_json", "guided_regex", "guided_choice", "guided_grammar")
+             if getattr(request, name, None) is not None}
+    response_format = getattr(request, "response_format", None)
+    if response_format is not None and response_format != {"type": "text"}:
+        asked["response_format"] = response_format
+    if len(asked) > 1:
+        raise invalid(f"ask for one structured output at a time, not {' and '.join(sorted(asked))}",
+                      param=sorted(asked)[1])
+    if not asked:
+        return None
+    (param, value), = asked.items()
+    c = generation_pb2.OutputConstraint()
+    if param == "response_format":
+        kind = value.get("type") if isinstance(value, dict) else None
+        if kind == "json_object":
+            c.json_object = True
+        elif kind == "json_schema":
+            spec = value.get("json_schema")
+            if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+                raise invalid("response_format.json_schema must be an object with a 'schema' object",
+                              param="response_format")
+            # strict or not, the output is held to the schema: the constraint is the whole guarantee
+            c.json_schema = json.dumps(spec.get("schema", {}))
+        else:
+            raise invalid("response_format.type must be 'text', 'json_object' or 'json_schema'",
+                          param="response_format")
+    elif param == "guided_json":
+        c.json_schema = value if isinstance(value, str) else json.dumps(value)
+    elif param == "guided_regex":
+        c.regex = value
+    elif param == "guided_choice":
+        if not value:
+            raise invalid("guided_choice must list at least one string", param=param)
+        c.choice.choices.extend(value)
+    elif "::=" in value:                       # guided_grammar: GBNF (llama.cpp) or Lark
+        c.gbnf_grammar = value
+    else:
+        c.lark_grammar = value
+    return c
 
 
 def chat_messages(request: ChatCompletionRequest) -> list[common_pb2.ChatMessage]:
@@ -138,9 +183,10 @@ def chat_requests(request: ChatCompletionRequest, request_id: str) -> list[gener
     chat = generation_pb2.Chat(messages=chat_messages(request))
     max_new = request.max_completion_tokens or request.max_tokens
     response = generation_pb2.ResponseOptions(logprobs=bool(request.logprobs), top_logprobs=request.top_logprobs or 0)
+    constraint = constraint_pb(request)
     return [generation_pb2.GenerateRequest(request_id=f"{request_id}-{i}", chat=chat,
                                            sampling=sampling_pb(request, i), stopping=_stopping(request, max_new),
-                                           response=response)
+                                           response=response, constraint=constraint)
             for i in range(request.n)]
 
 
@@ -148,12 +194,14 @@ def completion_requests(request: CompletionRequest, request_id: str) -> list[gen
     """Choices in OpenAI's order: every prompt's n choices, prompt after prompt."""
     response = generation_pb2.ResponseOptions(logprobs=request.logprobs is not None,
                                               top_logprobs=request.logprobs or 0)
+    constraint = constraint_pb(request)
     out = []
     for p, prompt in enumerate(prompts_of(request)):
         for i in range(request.n):
             g = generation_pb2.GenerateRequest(request_id=f"{request_id}-{p * request.n + i}",
                                                sampling=sampling_pb(request, i),
-                                               stopping=_stopping(request, request.max_tokens), response=response)
+                                               stopping=_stopping(request, request.max_tokens), response=response,
+                                               constraint=constraint)
             if isinstance(prompt, str):
                 g.text = prompt
             else:

@@ -61,6 +61,7 @@ class Worker:
                                      max_num_batched_tokens=config.max_num_batched_tokens,
                                      max_num_seqs=config.max_num_seqs, max_context=config.max_context or None)
         self.engine = LLMEngine(llm.model, llm.tokenizer, engine_config, store)
+        self.engine.grammars.warm()                  # structured output's tokenizer, built before any job
         self.jobs: dict[str, RunningJob] = {}
         self._undelivered: list[Delivery] = []
         self._stopping = threading.Event()
