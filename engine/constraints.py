@@ -35,6 +35,7 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from .tokenizer import CONTROL, USER_DEFINED, Tokenizer
 
@@ -141,7 +142,9 @@ class GrammarCompiler:
         self._lock = threading.Lock()
 
     def warm(self) -> None:
+        """Build the llguidance tokenizer and compile the mask kernel now, not on a request."""
         self._ll()
+        _apply_bitmask(np.zeros(32, np.float32), np.zeros(1, np.uint32), np.empty(32, np.float32))
 
     def _ll(self):
         with self._lock:
@@ -182,10 +185,11 @@ class ConstrainedDecoder:
 
     def masked(self, logits: np.ndarray) -> np.ndarray:
         """A copy of logits (vocab,) with -inf on every token the grammar refuses."""
-        allowed = self.allowed()
-        if not allowed.any():
+        words = np.frombuffer(self._matcher.compute_bitmask(), np.uint32)
+        out = np.empty(logits.shape[0], np.float32)
+        if not _apply_bitmask(np.ascontiguousarray(logits, np.float32), words, out):
             raise ConstraintError(f"the grammar allows no token here ({self._matcher.get_error() or 'dead end'})")
-        return np.where(allowed, logits, np.float32(-np.inf)).astype(np.float32, copy=False)
+        return out
 
     def accept(self, token: int) -> None:
         if not self._matcher.consume_token(int(token)):
@@ -199,3 +203,30 @@ class ConstrainedDecoder:
     @property
     def is_accepting(self) -> bool:
         return self._matcher.is_accepting()
+
+
+@njit(cache=True, nogil=True)
+def _apply_bitmask(logits, words, out):
+    """out (V,) f32 = logits (V,) f32 where bit t of words (ceil(V/32),) u32 is set, else -inf
+    (bit t is bit t % 32 of word t // 32, llguidance's layout). Whole words of 0 bits, the common
+    case in a grammar's mask, are filled without looking at their bits; the others select branch-
+    free. Returns whether any token is allowed."""
+    V = logits.shape[0]
+    neg = np.float32(-np.inf)
+    any_allowed = False
+    for w in range(words.shape[0]):
+        m = np.uint32(words[w])
+        base = w * 32
+        if base + 32 > V:                                  # the last, partial word
+            for t in range(base, V):
+                allowed = (m >> np.uint32(t - base)) & np.uint32(1)
+                out[t] = logits[t] if allowed else neg
+                any_allowed |= allowed != 0
+            continue
+        if m == 0:
+            out[base:base + 32] = neg
+            continue
+        any_allowed = True
+        for j in range(32):
+            out[base + j] = logits[base + j] if (m >> np.uint32(j)) & np.uint32(1) else neg
+    return any_allowed
