@@ -79,6 +79,7 @@ class JobSpec:
     skip_special_tokens: bool = True
     submitted_at: float = 0.0
     speculation: dict = field(default_factory=dict)
+    traceparent: str = ""           # W3C trace context of the span that queued it ("": not traced)
 
     @classmethod
     def from_options(cls, job_id: str, prompt_ids: list[int], options: RequestOptions) -> JobSpec:
