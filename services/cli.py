@@ -155,8 +155,10 @@ def cmd_chat(args) -> int:
 
 def cmd_worker(args) -> int:
     from .common.logs import configure_logging
+    from .common.tracing import configure as configure_tracing
     from .worker.worker import run_worker
     configure_logging("worker")
+    configure_tracing("worker")
     run_worker(from_sources(RedisConfig, args), from_sources(QueueConfig, args), from_sources(WorkerConfig, args))
     return 0
 
@@ -165,7 +167,9 @@ def cmd_serve(args) -> int:
     import asyncio
 
     from .common.logs import configure_logging
+    from .common.tracing import configure as configure_tracing
     configure_logging(args.service)
+    configure_tracing(args.service)
     model = _model_choice(args)
     if args.service == "openai":
         return _serve_openai(args, model)

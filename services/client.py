@@ -1,11 +1,15 @@
-"""Client side helpers: a channel to a meshllm service, with TLS and an API key when asked."""
+"""Client side helpers: a channel to a meshllm service, with TLS and an API key when asked (and, on
+the channels services open to each other, the trace context when tracing is on)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .common import tracing
 
 
 def channel_options(max_message_mb: int = 8) -> list[tuple[str, int]]:
@@ -69,47 +73,58 @@ def open_channel_async(address: str, tls_ca: str | None = None, api_key: str | N
                        max_message_mb: int = 8) -> grpc.aio.Channel:
     """The asyncio twin of open_channel, for services that call other services."""
     options = channel_options(max_message_mb)
-    interceptors = _async_bearer_tokens(api_key) if api_key else None
+    interceptors = []
+    if api_key:
+        key = [("authorization", f"Bearer {api_key}")]
+        interceptors += _async_metadata(lambda: key)
+    if tracing.enabled():                        # the caller's span is the callee's parent
+        interceptors += _async_metadata(tracing.outgoing_metadata)
+    interceptors = interceptors or None
     if tls_ca:
         credentials = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes())
         return grpc.aio.secure_channel(address, credentials, options, interceptors=interceptors)
     return grpc.aio.insecure_channel(address, options, interceptors=interceptors)
 
 
-class _AsyncBearerToken:
-    def __init__(self, key: str):
-        self._pair = ("authorization", f"Bearer {key}")
+class _AsyncMetadata:
+    """Adds pairs() (asked per call) to every call's metadata."""
+
+    def __init__(self, pairs: Callable[[], list[tuple[str, str]]]):
+        self._pairs = pairs
 
     def _details(self, details):
-        metadata = grpc.aio.Metadata(*(details.metadata or ()), self._pair)
-        return details._replace(metadata=metadata)
+        pairs = self._pairs()
+        if not pairs:
+            return details
+        return details._replace(metadata=grpc.aio.Metadata(*(details.metadata or ()), *pairs))
 
 
 # One interceptor per call kind: grpc.aio files an interceptor under the first kind it is an
 # instance of, so a single class of all four would carry the key on unary-unary calls only (and
 # Retrieval's Ask, a GenerateStream, would reach a keyed Generation without one).
-class _UnaryUnaryToken(_AsyncBearerToken, grpc.aio.UnaryUnaryClientInterceptor):
+class _UnaryUnaryMetadata(_AsyncMetadata, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, details, request):
         return await continuation(self._details(details), request)
 
 
-class _UnaryStreamToken(_AsyncBearerToken, grpc.aio.UnaryStreamClientInterceptor):
+class _UnaryStreamMetadata(_AsyncMetadata, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, details, request):
         return await continuation(self._details(details), request)
 
 
-class _StreamUnaryToken(_AsyncBearerToken, grpc.aio.StreamUnaryClientInterceptor):
+class _StreamUnaryMetadata(_AsyncMetadata, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation, details, requests):
         return await continuation(self._details(details), requests)
 
 
-class _StreamStreamToken(_AsyncBearerToken, grpc.aio.StreamStreamClientInterceptor):
+class _StreamStreamMetadata(_AsyncMetadata, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation, details, requests):
         return await continuation(self._details(details), requests)
 
 
-def _async_bearer_tokens(key: str) -> list:
-    return [kind(key) for kind in (_UnaryUnaryToken, _UnaryStreamToken, _StreamUnaryToken, _StreamStreamToken)]
+def _async_metadata(pairs: Callable[[], list[tuple[str, str]]]) -> list:
+    return [kind(pairs) for kind in (_UnaryUnaryMetadata, _UnaryStreamMetadata, _StreamUnaryMetadata,
+                                     _StreamStreamMetadata)]
 
 
 def health_status(address: str, service: str = "", timeout: float = 2.0, tls_ca: str | None = None) -> str:

@@ -3,6 +3,7 @@
 Health (grpc.health.v1) reports NOT_SERVING until `ready()` first says yes, and again whenever it
 says no (it is asked every second: a service that needs Redis says no while Redis is down).
 SIGTERM / SIGINT turn health to NOT_SERVING and stop the server with a grace period.
+With tracing on (services/common/tracing.py), every RPC but health and reflection gets a span.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from . import tracing
 from .auth import ApiKeyInterceptor
 from .config import ServerConfig
 from .metrics import METRICS
@@ -35,6 +37,8 @@ async def serve(config: ServerConfig, service_names: list[str], register: Callab
                 ready: Callable[[], Awaitable[bool]], grace_s: float = 5.0) -> None:
     interceptors = [ApiKeyInterceptor(config.keys)] if config.keys else []
     interceptors.append(MalformedRequestInterceptor())
+    if tracing.enabled():
+        interceptors.insert(0, tracing.ServerTracing())          # first: calls the others refuse get a span too
     server = grpc.aio.server(interceptors=interceptors, options=server_options(config),
                              maximum_concurrent_rpcs=config.max_concurrent_rpcs)
     register(server)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import redis
 
@@ -81,6 +81,7 @@ class JobSpec:
     submitted_at: float = 0.0
     speculation: dict = field(default_factory=dict)
     constraint: dict | None = None          # OutputConstraint.as_dict(), or None
+    traceparent: str = ""           # W3C trace context of the span that queued it ("": not traced)
 
     @classmethod
     def from_options(cls, job_id: str, prompt_ids: list[int], options: RequestOptions) -> JobSpec:
@@ -105,7 +106,10 @@ class JobSpec:
 
     @classmethod
     def from_json(cls, data: str | bytes) -> JobSpec:
-        return cls(**json.loads(data))
+        """Fields this version does not know (a newer front-end's) are ignored, so that a rolling
+        upgrade does not drop jobs; those it knows and the job lacks take their defaults."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(data).items() if k in known})
 
 
 @dataclass

@@ -31,6 +31,7 @@ from ..common.errors import InvalidRequest, ServiceError, unary
 from ..common.errors import streaming as streaming_rpc
 from ..common.jobs import AsyncJobClient, JobFailed, JobSpec, OutputEvent
 from ..common.metrics import METRICS
+from ..common.tracing import current_traceparent
 from ..tokenizer.service import chat_from_pb
 
 SERVICE = "meshllm.v1.Generation"
@@ -130,7 +131,9 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         job_id = request.request_id or uuid.uuid4().hex
         if not await self.jobs.reserve(job_id):
             raise ServiceError(grpc.StatusCode.ALREADY_EXISTS, f"request_id {job_id!r} is already in use")
-        await self.jobs.submit(JobSpec.from_options(job_id, ids, options))
+        spec = JobSpec.from_options(job_id, ids, options)
+        spec.traceparent = current_traceparent()          # the worker's span continues this RPC's trace
+        await self.jobs.submit(spec)
         METRICS.prompt_tokens.inc(len(ids))
         return job_id, len(ids)
 

@@ -3,6 +3,8 @@
 Middleware, outermost first: metrics (every request, refused or not), guards (API key, body size,
 concurrency), then FastAPI. Every error leaves in OpenAI's shape, request validation included
 (400, not FastAPI's 422). /health answers 503 until every configured service reports SERVING.
+With tracing on (services/common/tracing.py), FastAPI's own OpenTelemetry support gives every
+request but /health a span, outside all middleware, and the gRPC calls it makes carry its context.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from starlette.exceptions import HTTPException
 
 from ..common.config import OpenAIConfig, ServerConfig
 from .errors import OpenAIError, from_rpc_error, from_validation
-from .guards import Guards
+from .guards import OPEN_PATHS, Guards
 from .mesh import Mesh
 from .metrics import GatewayMetrics, MetricsMiddleware
 from .routes import router
@@ -41,8 +43,12 @@ def create_app(server: ServerConfig, config: OpenAIConfig, metrics: GatewayMetri
         finally:
             await mesh.close()
 
+    # telemetry: one span per request (no spans for dependencies, endpoint, serialization); the
+    # exporter is services/common/tracing.py's, never one FastAPI would set up from OTEL_* itself
+    telemetry = {"operation_spans": False, "auto_configure": False,
+                 "exclude": lambda scope: scope.get("path") in OPEN_PATHS}
     app = FastAPI(title="meshllm OpenAI-compatible API", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+                  openapi_url=None, telemetry=telemetry)
     app.state.mesh = mesh
     app.state.metrics = metrics or GatewayMetrics()
     app.include_router(router)

@@ -28,6 +28,7 @@ from ..common.config import QueueConfig, RedisConfig, WorkerConfig
 from ..common.jobs import JobQueue, JobSpec, OutputEvent
 from ..common.keys import Keys
 from ..common.kv_store import RedisBlockStore
+from ..common.tracing import JobSpan, job_span
 
 log = logging.getLogger("meshllm.worker")
 
@@ -37,6 +38,7 @@ REQUEST_ERRORS = (ValueError, TypeError)       # a job spec the engine refuses: 
 @dataclass
 class RunningJob:
     entry_id: str                 # its entry in the jobs stream
+    span: JobSpan | None = None   # its trace span (None: tracing is off)
 
 
 Delivery = tuple[str, list[OutputEvent], bool]          # (job id, events to append, job finished)
@@ -174,13 +176,16 @@ class Worker:
             return
         if claimed:
             log.info("took over job %s after %d streamed tokens", job_id, len(resumed))
+        span = job_span(spec, len(resumed))
         try:
             self.engine.add_request(job_id, spec.prompt_ids, spec.options(), resumed_output=resumed)
         except REQUEST_ERRORS as e:
             failure = OutputEvent.failure(len(resumed), str(e), "invalid_argument")
             self.queue.write([(job_id, self.worker_id, [failure], entry_id)])
+            if span is not None:
+                span.record([failure])
             return
-        self.jobs[job_id] = RunningJob(entry_id)
+        self.jobs[job_id] = RunningJob(entry_id, span)
 
     def _fail_all(self, message: str) -> list[Delivery]:
         deliveries = []
@@ -207,7 +212,10 @@ class Worker:
             self._undelivered = deliveries
             raise
         self._undelivered = []
-        for (job_id, _, finished), ok in zip(deliveries, written, strict=True):
+        for (job_id, events, finished), ok in zip(deliveries, written, strict=True):
+            span = self.jobs[job_id].span
+            if span is not None:
+                span.record(events, lost=not ok)
             if not ok:                                       # another worker owns it now
                 log.warning("lost job %s to another worker; dropping it", job_id)
                 self.engine.abort(job_id)
