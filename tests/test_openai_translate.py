@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from engine.tool_calls import ArgumentsDelta, ContentDelta, ToolCallStart
 from services.api import common_pb2, generation_pb2, retrieval_pb2
 from services.openai_api import responses as out
 from services.openai_api import translate
@@ -68,7 +69,7 @@ def test_completion_prompts_in_openai_choice_order():
 
 
 @pytest.mark.parametrize("body,param", [
-    (chat(tools=[{"type": "function"}]), "tools"),
+    (chat(functions=[{"name": "f"}]), "functions"),
     (chat(logit_bias={"5": 1.0}), "logit_bias"),
     (chat(store=True), "store"),
     (CompletionRequest(model="m", prompt="x", echo=True), "echo"),
@@ -114,6 +115,65 @@ def test_bad_structured_output_is_400_naming_it(body, param):
     assert (e.value.status, e.value.param) == (400, param)
 
 
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+                                          "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                         "required": ["city"]}}}
+
+
+def test_tools_tool_choice_and_a_tool_round_trip_become_the_chat():
+    body = chat(tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}}, messages=[
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "name": "get_weather", "content": "18 C, sunny"}])
+    (r,) = translate.chat_requests(body, "c")
+    (tool,) = r.chat.tools
+    assert (tool.name, tool.description) == ("get_weather", "Weather of a city")
+    assert json.loads(tool.parameters) == WEATHER["function"]["parameters"]
+    assert (r.chat.tool_choice.mode, r.chat.tool_choice.function_name) == (generation_pb2.TOOL_CHOICE_FUNCTION,
+                                                                            "get_weather")
+    assistant, result = r.chat.messages[1], r.chat.messages[2]
+    assert [(c.id, c.name, json.loads(c.arguments)) for c in assistant.tool_calls] == [
+        ("call_1", "get_weather", {"city": "Paris"})]
+    assert (result.role, result.tool_call_id, result.name, result.content) == ("tool", "call_1", "get_weather",
+                                                                               "18 C, sunny")
+    for choice, mode in (("auto", generation_pb2.TOOL_CHOICE_AUTO), ("none", generation_pb2.TOOL_CHOICE_NONE),
+                         ("required", generation_pb2.TOOL_CHOICE_REQUIRED)):
+        assert translate.chat_requests(chat(tools=[WEATHER], tool_choice=choice), "c")[0].chat.tool_choice.mode == mode
+
+
+@pytest.mark.parametrize("body,param", [
+    (chat(tools=[{"type": "code_interpreter"}]), "tools[0]"),
+    (chat(tools=[{"type": "function", "function": {}}]), "tools[0].function.name"),
+    (chat(tools=[WEATHER], tool_choice="always"), "tool_choice"),
+    (chat(messages=[{"role": "user", "content": "x", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]), "messages[0].tool_calls"),
+    (chat(messages=[{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]), "messages[0].tool_calls"),
+])
+def test_bad_tools_are_400(body, param):
+    with pytest.raises(OpenAIError) as e:
+        translate.chat_requests(body, "c")
+    assert (e.value.status, e.value.param) == (400, param)
+
+
+def test_tool_calls_in_responses_and_stream_deltas():
+    call = common_pb2.ToolCall(id="call_9", name="get_weather", arguments='{"city": "Paris"}')
+    body = out.chat_completion(out.Envelope("x", 1, "m"), [out.Choice(0, "", "tool_calls", None, [call])], out.Usage())
+    message = body["choices"][0]["message"]
+    assert message["content"] is None and body["choices"][0]["finish_reason"] == "tool_calls"
+    assert message["tool_calls"] == [{"id": "call_9", "type": "function",
+                                      "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]
+    assert out.finish_reason(common_pb2.FINISH_REASON_TOOL_CALLS) == "tool_calls"
+    deltas = out.tool_call_deltas([ContentDelta("ok"), ToolCallStart(0, "call_9", "get_weather"),
+                                   ArgumentsDelta(0, '{"city": ')])
+    assert deltas == [{"content": "ok"},
+                      {"tool_calls": [{"index": 0, "id": "call_9", "type": "function",
+                                       "function": {"name": "get_weather", "arguments": ""}}]},
+                      {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]}]
+
+
 def test_values_that_ask_for_nothing_are_accepted():
     translate.refuse_unsupported(chat(tool_choice="none", response_format={"type": "text"}, store=False,
                                       modalities=["text"], logit_bias={}), can_name_tokens=True, max_choices=16)
@@ -133,8 +193,8 @@ def test_logprobs_need_the_tokenizer_and_top_logprobs_needs_logprobs():
 
 def test_message_fields_without_a_proto_field_are_refused():
     with pytest.raises(OpenAIError) as e:
-        translate.chat_messages(chat(messages=[{"role": "user", "content": "x", "name": "bob"}]))
-    assert e.value.param == "messages[0].name"
+        translate.chat_messages(chat(messages=[{"role": "user", "content": "x", "function_call": {"name": "f"}}]))
+    assert e.value.param == "messages[0].function_call"
     with pytest.raises(OpenAIError) as e:
         translate.chat_messages(chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]))
     assert e.value.param == "messages[0].content[0]"

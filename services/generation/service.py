@@ -33,6 +33,7 @@ from ..common.jobs import AsyncJobClient, JobFailed, JobSpec, OutputEvent
 from ..common.metrics import METRICS
 from ..common.tracing import current_traceparent
 from ..tokenizer.service import chat_from_pb
+from .tools import NO_TOOLS, ToolPlan, ToolSupport, calls_of
 
 SERVICE = "meshllm.v1.Generation"
 log = logging.getLogger("meshllm.generation")
@@ -53,10 +54,11 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         self.jobs = jobs
         self.limits = limits
         self.grammars = GrammarCompiler(llm.tokenizer, llm.config.vocab_size)
+        self.tools = ToolSupport(llm.tokenizer)
 
     # ------------------------------------------------------------------ request -> job
 
-    def prompt_ids(self, request) -> list[int]:
+    def prompt_ids(self, request, tools: ToolPlan = NO_TOOLS) -> list[int]:
         kind = request.WhichOneof("input")
         limit = self.limits.max_input_chars
         if kind == "text":
@@ -74,7 +76,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
                                      f"{self.limits.max_chat_messages}")
             if sum(len(m.content) for m in messages) > limit:
                 raise InvalidRequest(f"the chat's messages exceed {limit} characters")
-            return self.llm.encode_chat(chat_from_pb(messages))
+            return self.llm.encode_chat(chat_from_pb(messages), tools=tools.template_tools)
         if kind == "token_ids":
             ids = list(request.token_ids.ids)
             if not ids:
@@ -85,7 +87,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
             return ids
         raise InvalidRequest("set one input: text, chat or token_ids")
 
-    def options(self, request, prompt_len: int) -> RequestOptions:
+    def options(self, request, prompt_len: int, tools: ToolPlan = NO_TOOLS) -> RequestOptions:
         context = self.config.context_length
         if prompt_len >= context:
             raise InvalidRequest(f"the prompt has {prompt_len} tokens; the model's context holds {context}")
@@ -114,15 +116,21 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
             raise InvalidRequest(f"top_logprobs is {r.top_logprobs}; the limit is {self.limits.max_top_logprobs}")
         speculation = SpeculationParams(num_draft_tokens=request.speculation.num_draft_tokens)
         constraint = constraint_from_pb(request.constraint) if request.HasField("constraint") else None
+        if tools.constraint is not None:
+            if constraint is not None:
+                raise InvalidRequest("a required tool call already constrains the output: drop constraint, or "
+                                     "set tool_choice to auto")
+            constraint = tools.constraint
         return RequestOptions(sampling, stopping, r.logprobs, r.top_logprobs, not r.keep_special_tokens, speculation,
                               constraint)
 
-    async def start(self, request) -> tuple[str, int]:
-        """Validate and queue the request; (job id, prompt tokens)."""
+    async def start(self, request) -> tuple[str, int, ToolPlan]:
+        """Validate and queue the request; (job id, prompt tokens, its tools)."""
         if request.request_id and not _REQUEST_ID.match(request.request_id):
             raise InvalidRequest("request_id: 1-128 characters of letters, digits and . _ : -")
-        ids = self.prompt_ids(request)
-        options = self.options(request, len(ids))
+        tools = self.tools.plan(request.chat) if request.WhichOneof("input") == "chat" else NO_TOOLS
+        ids = self.prompt_ids(request, tools)
+        options = self.options(request, len(ids), tools)
         if options.constraint is not None:               # refused here, before it is queued
             try:
                 await asyncio.to_thread(self.grammars.check, options.constraint)
@@ -135,7 +143,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         spec.traceparent = current_traceparent()          # the worker's span continues this RPC's trace
         await self.jobs.submit(spec)
         METRICS.prompt_tokens.inc(len(ids))
-        return job_id, len(ids)
+        return job_id, len(ids), tools
 
     async def relay(self, job_id: str, context):
         """The job's events; cancels the job if the call ends early (deadline, disconnect)."""
@@ -172,7 +180,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
 
     @unary(SERVICE)
     async def Generate(self, request, context):
-        job_id, prompt_tokens = await self.start(request)
+        job_id, prompt_tokens, tools = await self.start(request)
         response = pb.GenerateResponse(request_id=job_id)
         text = []
         async for event in self.relay(job_id, context):
@@ -181,17 +189,26 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
             if event.is_final:
                 _finish(response, event)
         response.text = "".join(text)
+        if tools.parse_calls:
+            content, calls = calls_of(response.text, tools)
+            if calls:
+                response.text = content
+                _with_tool_calls(response, calls)
         return response
 
     @streaming_rpc(SERVICE)
     async def GenerateStream(self, request, context):
-        job_id, prompt_tokens = await self.start(request)
+        job_id, prompt_tokens, tools = await self.start(request)
         completion = 0
+        text = []
         async for event in self.relay(job_id, context):
             response = pb.GenerateResponse(request_id=job_id, text=event.text)
             completion += _add_token(response, event, request.response)
+            text.append(event.text)
             if event.is_final:
                 _finish(response, event, completion)
+                if tools.parse_calls:
+                    _with_tool_calls(response, calls_of("".join(text), tools)[1])
             yield response
 
     @unary(SERVICE)
@@ -256,6 +273,17 @@ def _add_token(response, event: OutputEvent, options) -> int:
             token_id=event.token_id, logprob=event.logprob or 0.0,
             top_logprobs=[pb.TopLogprob(token_id=i, logprob=lp) for i, lp in event.top_logprobs]))
     return 1
+
+
+def _with_tool_calls(response, calls) -> None:
+    """The answer's calls on its last message; an answer that ended its turn with calls ends with
+    TOOL_CALLS (one cut by max_new_tokens keeps LENGTH, its calls those that were complete)."""
+    if not calls:
+        return
+    response.tool_calls.extend(calls)
+    if response.finish_reason in (common_pb2.FINISH_REASON_EOS, common_pb2.FINISH_REASON_STOP_SEQUENCE,
+                                  common_pb2.FINISH_REASON_STOP_TOKEN):
+        response.finish_reason = common_pb2.FINISH_REASON_TOOL_CALLS
 
 
 def _finish(response, event: OutputEvent, completion: int | None = None) -> None:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.tool_calls import ArgumentsDelta, ContentDelta, ToolCallStart
+
 from ..api import common_pb2
 
 # Why generation ended -> OpenAI's finish_reason: the model or a stop criterion ending the answer
@@ -18,6 +20,7 @@ _FINISH = {
     common_pb2.FINISH_REASON_EOS: "stop", common_pb2.FINISH_REASON_STOP_SEQUENCE: "stop",
     common_pb2.FINISH_REASON_STOP_TOKEN: "stop", common_pb2.FINISH_REASON_LENGTH: "length",
     common_pb2.FINISH_REASON_TIME_LIMIT: "length", common_pb2.FINISH_REASON_CANCELLED: "length",
+    common_pb2.FINISH_REASON_TOOL_CALLS: "tool_calls",
 }
 
 
@@ -107,13 +110,41 @@ class Choice:
     text: str
     finish_reason: str | None
     logprobs: dict | None = None
+    tool_calls: list | None = None          # common_pb2.ToolCall of a chat answer that made calls
+
+
+def tool_call(call) -> dict:
+    """A ToolCall as OpenAI's message.tool_calls[i]."""
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+
+
+def _message(c: Choice) -> dict:
+    if not c.tool_calls:
+        return {"role": "assistant", "content": c.text, "refusal": None}
+    return {"role": "assistant", "content": c.text or None, "refusal": None,
+            "tool_calls": [tool_call(t) for t in c.tool_calls]}
 
 
 def chat_completion(env: Envelope, choices: list[Choice], usage: Usage) -> dict:
     return {**env.head("chat.completion"),
-            "choices": [{"index": c.index, "message": {"role": "assistant", "content": c.text, "refusal": None},
-                         "logprobs": c.logprobs, "finish_reason": c.finish_reason} for c in choices],
+            "choices": [{"index": c.index, "message": _message(c), "logprobs": c.logprobs,
+                         "finish_reason": c.finish_reason} for c in choices],
             "usage": usage.body()}
+
+
+def tool_call_deltas(events) -> list[dict]:
+    """engine.tool_calls stream events as chat chunk deltas: content, a call's start (id, name,
+    empty arguments), then its arguments in pieces, as OpenAI streams them."""
+    deltas = []
+    for e in events:
+        if isinstance(e, ContentDelta):
+            deltas.append({"content": e.text})
+        elif isinstance(e, ToolCallStart):
+            deltas.append({"tool_calls": [{"index": e.index, "id": e.id, "type": "function",
+                                           "function": {"name": e.name, "arguments": ""}}]})
+        elif isinstance(e, ArgumentsDelta):
+            deltas.append({"tool_calls": [{"index": e.index, "function": {"arguments": e.text}}]})
+    return deltas
 
 
 def chat_chunk(env: Envelope, index: int, delta: dict, finish: str | None = None, logprobs: dict | None = None,

@@ -14,7 +14,7 @@ import grpc
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ..api import retrieval_pb2
+from ..api import generation_pb2, retrieval_pb2
 from ..common.auth import bearer_token
 from . import responses as out
 from . import translate
@@ -23,6 +23,7 @@ from .mesh import Mesh, Metadata, metadata_for
 from .metrics import GatewayMetrics
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, RagCompletionRequest
 from .streaming import DONE, SSE_HEADERS, first_messages, merged, sse, unless_disconnected
+from .tool_stream import ChatToolStream
 
 log = logging.getLogger("meshllm.openai")
 router = APIRouter()
@@ -141,7 +142,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     for i, r in enumerate(replies):
         usage.add(r.usage, count_prompt=i == 0)
         choices.append(out.Choice(i, r.text, out.finish_reason(r.finish_reason),
-                                  out.chat_logprobs(r.tokens, names) if body.logprobs else None))
+                                  out.chat_logprobs(r.tokens, names) if body.logprobs else None,
+                                  list(r.tool_calls) or None))
     return JSONResponse(out.chat_completion(env, choices, usage))
 
 
@@ -175,6 +177,11 @@ async def _stream_generation(request: Request, requests: list, env: out.Envelope
     calls = [mesh.generation.GenerateStream(r, timeout=mesh.timeout, metadata=caller) for r in requests]
     firsts = await unless_disconnected(request, first_messages(calls, "Generation"))
 
+    # chat choices whose answer may hold tool calls: their text goes through a parser that turns
+    # the <tool_call> blocks into tool_calls deltas
+    parsers = {i: ChatToolStream() for i, r in enumerate(requests)
+               if chat and r.chat.tools and r.chat.tool_choice.mode != generation_pb2.TOOL_CHOICE_NONE}
+
     async def events() -> AsyncIterator[bytes]:
         usage, offsets = out.Usage(), [0] * len(calls)
         try:
@@ -186,7 +193,15 @@ async def _stream_generation(request: Request, requests: list, env: out.Envelope
                     metrics.streamed_tokens.labels(route).inc(len(r.token_ids))
                     finish = out.finish_reason(r.finish_reason)
                     names = await _names(mesh, [r], caller) if wants_logprobs else {}
-                    if chat:
+                    if chat and i in parsers:
+                        logprobs = out.chat_logprobs(r.tokens, names) if wants_logprobs and r.tokens else None
+                        found = parsers[i].feed(r.text) + (parsers[i].finish(r.tool_calls) if finish else [])
+                        deltas = out.tool_call_deltas(found) or ([{"content": ""}] if logprobs else [])
+                        for k, delta in enumerate(deltas):
+                            yield sse(out.chat_chunk(env, i, delta, None, logprobs if k == 0 else None, include_usage))
+                        if finish:
+                            yield sse(out.chat_chunk(env, i, {}, finish, None, include_usage))
+                    elif chat:
                         logprobs = out.chat_logprobs(r.tokens, names) if wants_logprobs and r.tokens else None
                         if r.text or logprobs:
                             yield sse(out.chat_chunk(env, i, {"content": r.text}, None, logprobs, include_usage))

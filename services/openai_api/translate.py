@@ -21,10 +21,8 @@ _SEARCH_MODES = {"hybrid": retrieval_pb2.SEARCH_MODE_HYBRID, "lexical": retrieva
 
 # parameter -> (values that ask for nothing, why the mesh cannot do it)
 _CHAT_UNSUPPORTED = {
-    "tools": ((), "the mesh has no tool calling"),
-    "functions": ((), "the mesh has no tool calling"),
-    "tool_choice": (("none",), "the mesh has no tool calling"),
-    "function_call": (("none",), "the mesh has no tool calling"),
+    "functions": ((), "the legacy functions API is not served: send tools"),
+    "function_call": (("none",), "the legacy functions API is not served: send tool_choice"),
     "audio": ((), "the mesh generates text only"),
     "modalities": ((["text"],), "the mesh generates text only"),
     "prediction": ((), "GenerateRequest has no predicted output (prompt-lookup speculation is automatic "
@@ -121,12 +119,16 @@ def chat_messages(request: ChatCompletionRequest) -> list[common_pb2.ChatMessage
     out = []
     for i, m in enumerate(request.messages):
         where = f"messages[{i}]"
-        for field in ("name", "tool_calls", "tool_call_id", "function_call"):
-            if getattr(m, field) is not None:
-                raise unsupported(f"{where}.{field}", "a chat message is a role and its text")
-        if m.content is None:
+        if m.function_call is not None:
+            raise unsupported(f"{where}.function_call", "the legacy functions API is not served: send tool_calls")
+        calls = _message_tool_calls(m.tool_calls, where) if m.role == "assistant" and m.tool_calls else []
+        if m.tool_calls and m.role != "assistant":
+            raise invalid(f"{where}.tool_calls: only an assistant message has tool calls", param=f"{where}.tool_calls")
+        if m.content is None and not calls:
             raise invalid(f"{where}.content is required", param=f"{where}.content")
-        if isinstance(m.content, str):
+        if m.content is None:
+            text = ""
+        elif isinstance(m.content, str):
             text = m.content
         else:
             parts = []
@@ -135,8 +137,66 @@ def chat_messages(request: ChatCompletionRequest) -> list[common_pb2.ChatMessage
                     raise unsupported(f"{where}.content[{j}]", f"the served models read text, not {part.type!r}")
                 parts.append(part.text)
             text = "\n".join(parts)
-        out.append(common_pb2.ChatMessage(role=_ROLES[m.role], content=text))
+        out.append(common_pb2.ChatMessage(role=_ROLES[m.role], content=text, name=m.name or "",
+                                          tool_call_id=m.tool_call_id or "", tool_calls=calls))
     return out
+
+
+def _message_tool_calls(value, where: str) -> list[common_pb2.ToolCall]:
+    """An assistant message's tool_calls (OpenAI's: id, type "function", function name and
+    arguments as JSON text)."""
+    param = f"{where}.tool_calls"
+    if not isinstance(value, list):
+        raise invalid(f"{param} must be a list", param=param)
+    calls = []
+    for j, call in enumerate(value):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise invalid(f'{param}[{j}] must be {{"id", "type": "function", "function": {{"name", "arguments"}}}}',
+                          param=param)
+        arguments = function.get("arguments", "{}")
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments)
+        try:
+            json.loads(arguments or "{}")
+        except json.JSONDecodeError:
+            raise invalid(f"{param}[{j}].function.arguments is not valid JSON", param=param) from None
+        calls.append(common_pb2.ToolCall(id=str(call.get("id") or ""), name=function["name"], arguments=arguments))
+    return calls
+
+
+def tools_pb(request: ChatCompletionRequest) -> tuple[list[generation_pb2.Tool], generation_pb2.ToolChoice]:
+    """OpenAI's tools and tool_choice as the Chat's (the Generation service checks the schemas)."""
+    tools = []
+    if request.tools is not None:
+        if not isinstance(request.tools, list):
+            raise invalid("tools must be a list of function tools", param="tools")
+        for i, tool in enumerate(request.tools):
+            if not isinstance(tool, dict) or tool.get("type") != "function":
+                raise unsupported(f"tools[{i}]", "only function tools are served")
+            function = tool.get("function")
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+                raise invalid(f"tools[{i}].function.name is required", param=f"tools[{i}].function.name")
+            parameters = function.get("parameters")
+            if parameters is not None and not isinstance(parameters, dict):
+                raise invalid(f"tools[{i}].function.parameters must be a JSON schema object",
+                              param=f"tools[{i}].function.parameters")
+            tools.append(generation_pb2.Tool(name=function["name"], description=str(function.get("description") or ""),
+                                             parameters=json.dumps(parameters) if parameters is not None else ""))
+    choice = request.tool_choice
+    modes = {"auto": generation_pb2.TOOL_CHOICE_AUTO, "none": generation_pb2.TOOL_CHOICE_NONE,
+             "required": generation_pb2.TOOL_CHOICE_REQUIRED}
+    if choice is None:
+        return tools, generation_pb2.ToolChoice()
+    if isinstance(choice, str) and choice in modes:
+        return tools, generation_pb2.ToolChoice(mode=modes[choice])
+    function = choice.get("function") if isinstance(choice, dict) else None
+    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(function, dict) \
+            and isinstance(function.get("name"), str):
+        return tools, generation_pb2.ToolChoice(mode=generation_pb2.TOOL_CHOICE_FUNCTION,
+                                                function_name=function["name"])
+    raise invalid('tool_choice must be "auto", "none", "required" or {"type": "function", "function": {"name": ...}}',
+                  param="tool_choice")
 
 
 def prompts_of(request: CompletionRequest) -> list[str | list[int]]:
@@ -180,7 +240,8 @@ def _stopping(request, max_new_tokens: int | None) -> generation_pb2.StoppingCri
 
 def chat_requests(request: ChatCompletionRequest, request_id: str) -> list[generation_pb2.GenerateRequest]:
     """One GenerateRequest per choice, request ids `{request_id}-{choice}`."""
-    chat = generation_pb2.Chat(messages=chat_messages(request))
+    tools, tool_choice = tools_pb(request)
+    chat = generation_pb2.Chat(messages=chat_messages(request), tools=tools, tool_choice=tool_choice)
     max_new = request.max_completion_tokens or request.max_tokens
     response = generation_pb2.ResponseOptions(logprobs=bool(request.logprobs), top_logprobs=request.top_logprobs or 0)
     constraint = constraint_pb(request)

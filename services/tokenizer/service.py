@@ -5,6 +5,8 @@ with) and does not use Redis: it is ready as soon as its tokenizer is.
 """
 from __future__ import annotations
 
+import json
+
 from engine.chat_template import ChatMessage
 from engine.llm import LLM
 
@@ -17,7 +19,23 @@ SERVICE = "meshllm.v1.Tokenizer"
 
 
 def chat_from_pb(messages) -> list[ChatMessage]:
-    return [ChatMessage(m.role, m.content) for m in messages]
+    """Chat messages for the template, with an assistant's earlier calls (arguments as objects,
+    as templates render them) and a tool result's call id and name."""
+    out = []
+    for i, m in enumerate(messages):
+        calls = None
+        if m.tool_calls:
+            calls = []
+            for j, call in enumerate(m.tool_calls):
+                try:
+                    arguments = json.loads(call.arguments or "{}")
+                except json.JSONDecodeError as e:
+                    raise InvalidRequest(f"messages[{i}].tool_calls[{j}].arguments is not valid JSON: {e}") from e
+                calls.append({"id": call.id, "type": "function",
+                              "function": {"name": call.name, "arguments": arguments}})
+        out.append(ChatMessage(m.role, m.content, tool_calls=calls, tool_call_id=m.tool_call_id or None,
+                               name=m.name or None))
+    return out
 
 
 class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
