@@ -97,9 +97,7 @@ def test_auto_calls_the_tool_then_answers_from_its_result(client):
     arguments = json.loads(call.function.arguments)
     assert arguments["city"].lower().startswith("paris")
     messages = ASK + [
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": call.id, "type": "function", "function": {"name": call.function.name,
-                                                             "arguments": call.function.arguments}}]},
+        choice.message.model_dump(exclude_none=True),        # the assistant's message as the client got it
         {"role": "tool", "tool_call_id": call.id, "name": "get_weather",
          "content": json.dumps({"temperature": 17, "unit": "celsius", "sky": "light rain"})}]
     second = client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, tool_choice="none",
