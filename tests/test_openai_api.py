@@ -5,11 +5,13 @@ disconnects, httpx. Then a lone gateway with TLS before its mesh is up, and `mes
 The pure translation and error mapping are in test_openai_translate.py."""
 import json
 import re
+import shutil
 import ssl
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -145,6 +147,44 @@ def test_chat_streamed_with_include_usage(client):
     assert [c.choices[0].finish_reason for c in chunks[:-1]][-1] == "stop"
     assert all(c.usage is None for c in chunks[:-1])
     assert chunks[-1].choices == [] and (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (37, 8)
+
+
+NODE_CLIENT = Path(__file__).resolve().parents[1] / "clients" / "node" / "openai_chat.js"
+
+
+def test_the_openai_npm_package_from_node(url):
+    """clients/node/openai_chat.js: unary, streamed with usage, a JSON schema, and a 404 the npm
+    client raises as an APIError with OpenAI's status and code."""
+    assert shutil.which("node"), "Node.js is needed (CI has it)"
+    assert (NODE_CLIENT.parent / "node_modules" / "openai").is_dir(), "run: npm ci --prefix clients/node"
+    proc = subprocess.run(["node", str(NODE_CLIENT), "--base-url", f"{url}/v1", "--api-key", KEY, "--max-tokens", "16"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["model"] == MODEL
+    assert result["unary"]["text"] == result["streamed"]["text"] == "The capital of France is Paris."
+    assert result["unary"]["finish_reason"] == result["streamed"]["finish_reason"] == "stop"
+    assert result["streamed"]["usage"]["completion_tokens"] == result["unary"]["usage"]["completion_tokens"] == 8
+    assert set(result["structured"]) == {"answer"} and isinstance(result["structured"]["answer"], str)
+    assert result["error"] == {"status": 404, "code": "model_not_found"}
+
+
+def test_langchain_chat_openai(url):
+    """LangChain's ChatOpenAI against the gateway: invoke, stream, and with_structured_output
+    (a JSON schema through response_format)."""
+    chat_models = pytest.importorskip("langchain_openai")
+    llm = chat_models.ChatOpenAI(model=MODEL, base_url=f"{url}/v1", api_key=KEY, temperature=0, max_tokens=16,
+                                 max_retries=0, timeout=120)
+    reply = llm.invoke("What is the capital of France?")
+    assert reply.content == "The capital of France is Paris."
+    assert reply.response_metadata["finish_reason"] == "stop" and reply.usage_metadata["output_tokens"] == 8
+    assert "".join(chunk.content for chunk in llm.stream("What is the capital of France?")) == reply.content
+    schema = {"title": "capital", "description": "A country's capital", "type": "object",
+              "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"],
+              "additionalProperties": False}
+    structured = llm.bind(max_tokens=40).with_structured_output(schema, method="json_schema")
+    answer = structured.invoke("What is the capital of France?")
+    assert set(answer) == {"city"} and isinstance(answer["city"], str)
 
 
 def test_sse_framing_is_openais(url):

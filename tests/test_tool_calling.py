@@ -153,3 +153,20 @@ def test_bad_tools_are_400(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=8, tool_choice="required")
     assert "no tools" in e.value.message
+
+
+def test_langchain_tool_round_trip(stack):
+    """LangChain's ChatOpenAI with bind_tools: a named call comes back as an AIMessage's
+    tool_calls (arguments parsed), and a ToolMessage with the result gets an answer in text."""
+    chat_models = pytest.importorskip("langchain_openai")
+    messages_module = pytest.importorskip("langchain_core.messages")
+    llm = chat_models.ChatOpenAI(model=MODEL, base_url=f"{stack.gateway_proc.url}/v1", api_key="none",
+                                 temperature=0, max_tokens=80, max_retries=0, timeout=300)
+    question = messages_module.HumanMessage(ASK[0]["content"])
+    called = llm.bind_tools(TOOLS, tool_choice="get_weather").invoke([question])
+    (call,) = called.tool_calls
+    assert call["name"] == "get_weather" and call["args"]["city"].lower().startswith("paris")
+    jsonschema.validate(call["args"], WEATHER_PARAMETERS)
+    result = messages_module.ToolMessage(json.dumps({"temperature": 17, "unit": "celsius"}), tool_call_id=call["id"])
+    answer = llm.bind_tools(TOOLS, tool_choice="none").invoke([question, called, result])
+    assert not answer.tool_calls and answer.content and answer.response_metadata["finish_reason"] == "stop"
