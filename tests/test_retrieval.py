@@ -105,6 +105,24 @@ def test_ingest_is_idempotent_and_dedupes(stub):
     assert stats.documents == len(TOPICS) and stats.dimensions == 384
 
 
+def test_list_documents_pages_through_every_id(stub):
+    total = stub.Stats(ST.StatsRequest()).documents
+    seen, after = [], ""
+    while True:
+        page = stub.ListDocuments(ST.ListDocumentsRequest(limit=7, after=after))
+        assert page.total_documents == total and len(page.documents) <= 7
+        seen += [d.id for d in page.documents]
+        if not page.next_after:
+            break
+        after = page.next_after
+    assert seen == sorted(seen) and len(seen) == len(set(seen)) == total
+    (with_doc,) = [d for d in stub.ListDocuments(ST.ListDocumentsRequest(limit=1000)).documents if d.id == "pydoc:with"]
+    assert with_doc.source == "with" and with_doc.chunks >= 1 and with_doc.ingested_at > 1.7e9
+    with pytest.raises(grpc.RpcError) as e:
+        stub.ListDocuments(ST.ListDocumentsRequest(limit=5000))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 @pytest.mark.parametrize("mode", [ST.SEARCH_MODE_LEXICAL, ST.SEARCH_MODE_DENSE, ST.SEARCH_MODE_HYBRID])
 def test_search_modes_find_the_topic(stub, mode):
     query = "context manager __enter__ __exit__ with statement"

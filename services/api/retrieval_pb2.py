@@ -26,7 +26,7 @@ from services.api import common_pb2 as meshllm_dot_v1_dot_common__pb2
 from services.api import generation_pb2 as meshllm_dot_v1_dot_generation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ameshllm/v1/retrieval.proto\x12\nmeshllm.v1\x1a\x17meshllm/v1/common.proto\x1a\x1bmeshllm/v1/generation.proto\"\x9b\x01\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x34\n\x08metadata\x18\x04 \x03(\x0b\x32\".meshllm.v1.Document.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\rIngestRequest\x12\'\n\tdocuments\x18\x01 \x03(\x0b\x32\x14.meshllm.v1.Document\"l\n\x0e\x44ocumentResult\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.meshllm.v1.IngestStatus\x12\x0e\n\x06\x63hunks\x18\x03 \x01(\r\x12\x14\n\x0c\x64uplicate_of\x18\x04 \x01(\t\"\x82\x01\n\x0eIngestResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.meshllm.v1.DocumentResult\x12\x14\n\x0c\x63hunks_added\x18\x02 \x01(\r\x12\x17\n\x0ftotal_documents\x18\x03 \x01(\r\x12\x14\n\x0ctotal_chunks\x18\x04 \x01(\r\"#\n\x15\x44\x65leteDocumentRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\'\n\x16\x44\x65leteDocumentResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"d\n\rSearchRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\r\n\x05top_k\x18\x02 \x01(\r\x12$\n\x04mode\x18\x03 \x01(\x0e\x32\x16.meshllm.v1.SearchMode\x12\x0f\n\x07sources\x18\x04 \x03(\t\"\xb9\x02\n\tSearchHit\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x02\x12\x15\n\rlexical_score\x18\x06 \x01(\x02\x12\x13\n\x0b\x64\x65nse_score\x18\x07 \x01(\x02\x12\x14\n\x0clexical_rank\x18\x08 \x01(\r\x12\x12\n\ndense_rank\x18\t \x01(\r\x12\r\n\x05start\x18\n \x01(\r\x12\x0b\n\x03\x65nd\x18\x0b \x01(\r\x12\x35\n\x08metadata\x18\x0c \x03(\x0b\x32#.meshllm.v1.SearchHit.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"5\n\x0eSearchResponse\x12#\n\x04hits\x18\x01 \x03(\x0b\x32\x15.meshllm.v1.SearchHit\"\x9b\x02\n\nAskRequest\x12\x10\n\x08question\x18\x01 \x01(\t\x12\r\n\x05top_k\x18\x02 \x01(\r\x12$\n\x04mode\x18\x03 \x01(\x0e\x32\x16.meshllm.v1.SearchMode\x12\x0f\n\x07sources\x18\x04 \x03(\t\x12,\n\x08sampling\x18\x05 \x01(\x0b\x32\x1a.meshllm.v1.SamplingParams\x12\x16\n\x0emax_new_tokens\x18\x06 \x01(\r\x12\x1a\n\rmin_relevance\x18\x07 \x01(\x02H\x00\x88\x01\x01\x12\x31\n\x0bspeculation\x18\x08 \x01(\x0b\x32\x17.meshllm.v1.SpeculationH\x01\x88\x01\x01\x42\x10\n\x0e_min_relevanceB\x0e\n\x0c_speculation\"\x80\x01\n\x08\x43itation\x12\x0e\n\x06number\x18\x01 \x01(\r\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0f\n\x07snippet\x18\x05 \x01(\t\x12\r\n\x05score\x18\x06 \x01(\x02\x12\r\n\x05\x63ited\x18\x07 \x01(\x08\"\xb6\x01\n\x0b\x41skResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\'\n\tcitations\x18\x02 \x03(\x0b\x32\x14.meshllm.v1.Citation\x12\x1d\n\x15\x61nswered_from_sources\x18\x03 \x01(\x08\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.meshllm.v1.FinishReason\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.meshllm.v1.Usage\"\x1d\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"N\n\rEmbedResponse\x12)\n\nembeddings\x18\x01 \x03(\x0b\x32\x15.meshllm.v1.Embedding\x12\x12\n\ndimensions\x18\x02 \x01(\r\"\x0e\n\x0cStatsRequest\"_\n\rStatsResponse\x12\x11\n\tdocuments\x18\x01 \x01(\r\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\r\x12\x17\n\x0f\x65mbedding_model\x18\x03 \x01(\t\x12\x12\n\ndimensions\x18\x04 \x01(\r*\x9c\x01\n\x0cIngestStatus\x12\x1d\n\x19INGEST_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13INGEST_STATUS_ADDED\x10\x01\x12\x1a\n\x16INGEST_STATUS_REPLACED\x10\x02\x12\x1b\n\x17INGEST_STATUS_UNCHANGED\x10\x03\x12\x1b\n\x17INGEST_STATUS_DUPLICATE\x10\x04*T\n\nSearchMode\x12\x16\n\x12SEARCH_MODE_HYBRID\x10\x00\x12\x17\n\x13SEARCH_MODE_LEXICAL\x10\x01\x12\x15\n\x11SEARCH_MODE_DENSE\x10\x02\x32\xe0\x03\n\tRetrieval\x12?\n\x06Ingest\x12\x19.meshllm.v1.IngestRequest\x1a\x1a.meshllm.v1.IngestResponse\x12\x42\n\x0cIngestStream\x12\x14.meshllm.v1.Document\x1a\x1a.meshllm.v1.IngestResponse(\x01\x12W\n\x0e\x44\x65leteDocument\x12!.meshllm.v1.DeleteDocumentRequest\x1a\".meshllm.v1.DeleteDocumentResponse\x12?\n\x06Search\x12\x19.meshllm.v1.SearchRequest\x1a\x1a.meshllm.v1.SearchResponse\x12\x38\n\x03\x41sk\x12\x16.meshllm.v1.AskRequest\x1a\x17.meshllm.v1.AskResponse0\x01\x12<\n\x05\x45mbed\x12\x18.meshllm.v1.EmbedRequest\x1a\x19.meshllm.v1.EmbedResponse\x12<\n\x05Stats\x12\x18.meshllm.v1.StatsRequest\x1a\x19.meshllm.v1.StatsResponseB\x16Z\x14meshllm/v1;meshllmv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ameshllm/v1/retrieval.proto\x12\nmeshllm.v1\x1a\x17meshllm/v1/common.proto\x1a\x1bmeshllm/v1/generation.proto\"\x9b\x01\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x34\n\x08metadata\x18\x04 \x03(\x0b\x32\".meshllm.v1.Document.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\rIngestRequest\x12\'\n\tdocuments\x18\x01 \x03(\x0b\x32\x14.meshllm.v1.Document\"l\n\x0e\x44ocumentResult\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.meshllm.v1.IngestStatus\x12\x0e\n\x06\x63hunks\x18\x03 \x01(\r\x12\x14\n\x0c\x64uplicate_of\x18\x04 \x01(\t\"\x82\x01\n\x0eIngestResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.meshllm.v1.DocumentResult\x12\x14\n\x0c\x63hunks_added\x18\x02 \x01(\r\x12\x17\n\x0ftotal_documents\x18\x03 \x01(\r\x12\x14\n\x0ctotal_chunks\x18\x04 \x01(\r\"#\n\x15\x44\x65leteDocumentRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\'\n\x16\x44\x65leteDocumentResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"4\n\x14ListDocumentsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\"\xba\x01\n\x0c\x44ocumentInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06\x63hunks\x18\x03 \x01(\r\x12\x13\n\x0bingested_at\x18\x04 \x01(\x01\x12\x38\n\x08metadata\x18\x05 \x03(\x0b\x32&.meshllm.v1.DocumentInfo.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"q\n\x15ListDocumentsResponse\x12+\n\tdocuments\x18\x01 \x03(\x0b\x32\x18.meshllm.v1.DocumentInfo\x12\x17\n\x0ftotal_documents\x18\x02 \x01(\r\x12\x12\n\nnext_after\x18\x03 \x01(\t\"d\n\rSearchRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\r\n\x05top_k\x18\x02 \x01(\r\x12$\n\x04mode\x18\x03 \x01(\x0e\x32\x16.meshllm.v1.SearchMode\x12\x0f\n\x07sources\x18\x04 \x03(\t\"\xb9\x02\n\tSearchHit\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x02\x12\x15\n\rlexical_score\x18\x06 \x01(\x02\x12\x13\n\x0b\x64\x65nse_score\x18\x07 \x01(\x02\x12\x14\n\x0clexical_rank\x18\x08 \x01(\r\x12\x12\n\ndense_rank\x18\t \x01(\r\x12\r\n\x05start\x18\n \x01(\r\x12\x0b\n\x03\x65nd\x18\x0b \x01(\r\x12\x35\n\x08metadata\x18\x0c \x03(\x0b\x32#.meshllm.v1.SearchHit.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"5\n\x0eSearchResponse\x12#\n\x04hits\x18\x01 \x03(\x0b\x32\x15.meshllm.v1.SearchHit\"\x9b\x02\n\nAskRequest\x12\x10\n\x08question\x18\x01 \x01(\t\x12\r\n\x05top_k\x18\x02 \x01(\r\x12$\n\x04mode\x18\x03 \x01(\x0e\x32\x16.meshllm.v1.SearchMode\x12\x0f\n\x07sources\x18\x04 \x03(\t\x12,\n\x08sampling\x18\x05 \x01(\x0b\x32\x1a.meshllm.v1.SamplingParams\x12\x16\n\x0emax_new_tokens\x18\x06 \x01(\r\x12\x1a\n\rmin_relevance\x18\x07 \x01(\x02H\x00\x88\x01\x01\x12\x31\n\x0bspeculation\x18\x08 \x01(\x0b\x32\x17.meshllm.v1.SpeculationH\x01\x88\x01\x01\x42\x10\n\x0e_min_relevanceB\x0e\n\x0c_speculation\"\x80\x01\n\x08\x43itation\x12\x0e\n\x06number\x18\x01 \x01(\r\x12\x10\n\x08\x63hunk_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0f\n\x07snippet\x18\x05 \x01(\t\x12\r\n\x05score\x18\x06 \x01(\x02\x12\r\n\x05\x63ited\x18\x07 \x01(\x08\"\xb6\x01\n\x0b\x41skResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\'\n\tcitations\x18\x02 \x03(\x0b\x32\x14.meshllm.v1.Citation\x12\x1d\n\x15\x61nswered_from_sources\x18\x03 \x01(\x08\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.meshllm.v1.FinishReason\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.meshllm.v1.Usage\"\x1d\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"N\n\rEmbedResponse\x12)\n\nembeddings\x18\x01 \x03(\x0b\x32\x15.meshllm.v1.Embedding\x12\x12\n\ndimensions\x18\x02 \x01(\r\"\x0e\n\x0cStatsRequest\"_\n\rStatsResponse\x12\x11\n\tdocuments\x18\x01 \x01(\r\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\r\x12\x17\n\x0f\x65mbedding_model\x18\x03 \x01(\t\x12\x12\n\ndimensions\x18\x04 \x01(\r*\x9c\x01\n\x0cIngestStatus\x12\x1d\n\x19INGEST_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13INGEST_STATUS_ADDED\x10\x01\x12\x1a\n\x16INGEST_STATUS_REPLACED\x10\x02\x12\x1b\n\x17INGEST_STATUS_UNCHANGED\x10\x03\x12\x1b\n\x17INGEST_STATUS_DUPLICATE\x10\x04*T\n\nSearchMode\x12\x16\n\x12SEARCH_MODE_HYBRID\x10\x00\x12\x17\n\x13SEARCH_MODE_LEXICAL\x10\x01\x12\x15\n\x11SEARCH_MODE_DENSE\x10\x02\x32\xb6\x04\n\tRetrieval\x12?\n\x06Ingest\x12\x19.meshllm.v1.IngestRequest\x1a\x1a.meshllm.v1.IngestResponse\x12\x42\n\x0cIngestStream\x12\x14.meshllm.v1.Document\x1a\x1a.meshllm.v1.IngestResponse(\x01\x12W\n\x0e\x44\x65leteDocument\x12!.meshllm.v1.DeleteDocumentRequest\x1a\".meshllm.v1.DeleteDocumentResponse\x12T\n\rListDocuments\x12 .meshllm.v1.ListDocumentsRequest\x1a!.meshllm.v1.ListDocumentsResponse\x12?\n\x06Search\x12\x19.meshllm.v1.SearchRequest\x1a\x1a.meshllm.v1.SearchResponse\x12\x38\n\x03\x41sk\x12\x16.meshllm.v1.AskRequest\x1a\x17.meshllm.v1.AskResponse0\x01\x12<\n\x05\x45mbed\x12\x18.meshllm.v1.EmbedRequest\x1a\x19.meshllm.v1.EmbedResponse\x12<\n\x05Stats\x12\x18.meshllm.v1.StatsRequest\x1a\x19.meshllm.v1.StatsResponseB\x16Z\x14meshllm/v1;meshllmv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,12 +36,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'Z\024meshllm/v1;meshllmv1'
   _globals['_DOCUMENT_METADATAENTRY']._loaded_options = None
   _globals['_DOCUMENT_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_DOCUMENTINFO_METADATAENTRY']._loaded_options = None
+  _globals['_DOCUMENTINFO_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_SEARCHHIT_METADATAENTRY']._loaded_options = None
   _globals['_SEARCHHIT_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_INGESTSTATUS']._serialized_start=1962
-  _globals['_INGESTSTATUS']._serialized_end=2118
-  _globals['_SEARCHMODE']._serialized_start=2120
-  _globals['_SEARCHMODE']._serialized_end=2204
+  _globals['_INGESTSTATUS']._serialized_start=2320
+  _globals['_INGESTSTATUS']._serialized_end=2476
+  _globals['_SEARCHMODE']._serialized_start=2478
+  _globals['_SEARCHMODE']._serialized_end=2562
   _globals['_DOCUMENT']._serialized_start=97
   _globals['_DOCUMENT']._serialized_end=252
   _globals['_DOCUMENT_METADATAENTRY']._serialized_start=205
@@ -56,30 +58,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEDOCUMENTREQUEST']._serialized_end=590
   _globals['_DELETEDOCUMENTRESPONSE']._serialized_start=592
   _globals['_DELETEDOCUMENTRESPONSE']._serialized_end=631
-  _globals['_SEARCHREQUEST']._serialized_start=633
-  _globals['_SEARCHREQUEST']._serialized_end=733
-  _globals['_SEARCHHIT']._serialized_start=736
-  _globals['_SEARCHHIT']._serialized_end=1049
+  _globals['_LISTDOCUMENTSREQUEST']._serialized_start=633
+  _globals['_LISTDOCUMENTSREQUEST']._serialized_end=685
+  _globals['_DOCUMENTINFO']._serialized_start=688
+  _globals['_DOCUMENTINFO']._serialized_end=874
+  _globals['_DOCUMENTINFO_METADATAENTRY']._serialized_start=205
+  _globals['_DOCUMENTINFO_METADATAENTRY']._serialized_end=252
+  _globals['_LISTDOCUMENTSRESPONSE']._serialized_start=876
+  _globals['_LISTDOCUMENTSRESPONSE']._serialized_end=989
+  _globals['_SEARCHREQUEST']._serialized_start=991
+  _globals['_SEARCHREQUEST']._serialized_end=1091
+  _globals['_SEARCHHIT']._serialized_start=1094
+  _globals['_SEARCHHIT']._serialized_end=1407
   _globals['_SEARCHHIT_METADATAENTRY']._serialized_start=205
   _globals['_SEARCHHIT_METADATAENTRY']._serialized_end=252
-  _globals['_SEARCHRESPONSE']._serialized_start=1051
-  _globals['_SEARCHRESPONSE']._serialized_end=1104
-  _globals['_ASKREQUEST']._serialized_start=1107
-  _globals['_ASKREQUEST']._serialized_end=1390
-  _globals['_CITATION']._serialized_start=1393
-  _globals['_CITATION']._serialized_end=1521
-  _globals['_ASKRESPONSE']._serialized_start=1524
-  _globals['_ASKRESPONSE']._serialized_end=1706
-  _globals['_EMBEDREQUEST']._serialized_start=1708
-  _globals['_EMBEDREQUEST']._serialized_end=1737
-  _globals['_EMBEDDING']._serialized_start=1739
-  _globals['_EMBEDDING']._serialized_end=1766
-  _globals['_EMBEDRESPONSE']._serialized_start=1768
-  _globals['_EMBEDRESPONSE']._serialized_end=1846
-  _globals['_STATSREQUEST']._serialized_start=1848
-  _globals['_STATSREQUEST']._serialized_end=1862
-  _globals['_STATSRESPONSE']._serialized_start=1864
-  _globals['_STATSRESPONSE']._serialized_end=1959
-  _globals['_RETRIEVAL']._serialized_start=2207
-  _globals['_RETRIEVAL']._serialized_end=2687
+  _globals['_SEARCHRESPONSE']._serialized_start=1409
+  _globals['_SEARCHRESPONSE']._serialized_end=1462
+  _globals['_ASKREQUEST']._serialized_start=1465
+  _globals['_ASKREQUEST']._serialized_end=1748
+  _globals['_CITATION']._serialized_start=1751
+  _globals['_CITATION']._serialized_end=1879
+  _globals['_ASKRESPONSE']._serialized_start=1882
+  _globals['_ASKRESPONSE']._serialized_end=2064
+  _globals['_EMBEDREQUEST']._serialized_start=2066
+  _globals['_EMBEDREQUEST']._serialized_end=2095
+  _globals['_EMBEDDING']._serialized_start=2097
+  _globals['_EMBEDDING']._serialized_end=2124
+  _globals['_EMBEDRESPONSE']._serialized_start=2126
+  _globals['_EMBEDRESPONSE']._serialized_end=2204
+  _globals['_STATSREQUEST']._serialized_start=2206
+  _globals['_STATSREQUEST']._serialized_end=2220
+  _globals['_STATSRESPONSE']._serialized_start=2222
+  _globals['_STATSRESPONSE']._serialized_end=2317
+  _globals['_RETRIEVAL']._serialized_start=2565
+  _globals['_RETRIEVAL']._serialized_end=3131
 # @@protoc_insertion_point(module_scope)

@@ -49,6 +49,11 @@ class RetrievalStub:
                 request_serializer=meshllm_dot_v1_dot_retrieval__pb2.DeleteDocumentRequest.SerializeToString,
                 response_deserializer=meshllm_dot_v1_dot_retrieval__pb2.DeleteDocumentResponse.FromString,
                 _registered_method=True)
+        self.ListDocuments = channel.unary_unary(
+                '/meshllm.v1.Retrieval/ListDocuments',
+                request_serializer=meshllm_dot_v1_dot_retrieval__pb2.ListDocumentsRequest.SerializeToString,
+                response_deserializer=meshllm_dot_v1_dot_retrieval__pb2.ListDocumentsResponse.FromString,
+                _registered_method=True)
         self.Search = channel.unary_unary(
                 '/meshllm.v1.Retrieval/Search',
                 request_serializer=meshllm_dot_v1_dot_retrieval__pb2.SearchRequest.SerializeToString,
@@ -89,6 +94,13 @@ class RetrievalServicer:
 
     def DeleteDocument(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDocuments(self, request, context):
+        """The stored documents, by id, a page at a time.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -136,6 +148,11 @@ def add_RetrievalServicer_to_server(servicer, server):
                     servicer.DeleteDocument,
                     request_deserializer=meshllm_dot_v1_dot_retrieval__pb2.DeleteDocumentRequest.FromString,
                     response_serializer=meshllm_dot_v1_dot_retrieval__pb2.DeleteDocumentResponse.SerializeToString,
+            ),
+            'ListDocuments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDocuments,
+                    request_deserializer=meshllm_dot_v1_dot_retrieval__pb2.ListDocumentsRequest.FromString,
+                    response_serializer=meshllm_dot_v1_dot_retrieval__pb2.ListDocumentsResponse.SerializeToString,
             ),
             'Search': grpc.unary_unary_rpc_method_handler(
                     servicer.Search,
@@ -239,6 +256,33 @@ class Retrieval:
             '/meshllm.v1.Retrieval/DeleteDocument',
             meshllm_dot_v1_dot_retrieval__pb2.DeleteDocumentRequest.SerializeToString,
             meshllm_dot_v1_dot_retrieval__pb2.DeleteDocumentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshllm.v1.Retrieval/ListDocuments',
+            meshllm_dot_v1_dot_retrieval__pb2.ListDocumentsRequest.SerializeToString,
+            meshllm_dot_v1_dot_retrieval__pb2.ListDocumentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

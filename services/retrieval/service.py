@@ -168,6 +168,23 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         return pb.DeleteDocumentResponse(found=await self.store.delete(request.id))
 
     @unary(SERVICE)
+    async def ListDocuments(self, request, context):
+        limit = request.limit or 100
+        if not 1 <= limit <= 1000:
+            raise InvalidRequest(f"limit must be 1-1000, got {limit}")
+        docs, total = await self.store.list(limit + 1, request.after)     # one more: is there a next page?
+        response = pb.ListDocumentsResponse(total_documents=total)
+        if len(docs) > limit:
+            docs = docs[:limit]
+            response.next_after = docs[-1][0]
+        for doc_id, fields in docs:
+            response.documents.append(pb.DocumentInfo(
+                id=doc_id, source=fields.get("source", ""), chunks=len(json.loads(fields.get("chunk_ids", "[]"))),
+                ingested_at=float(fields.get("ingested_at", 0) or 0),
+                metadata=json.loads(fields.get("metadata", "{}"))))
+        return response
+
+    @unary(SERVICE)
     async def Search(self, request, context):
         top_k, mode = self._search_args(request.query, request.top_k, request.mode, 50, 5)
         hits = await self.search(request.query, top_k, mode, list(request.sources))

@@ -96,6 +96,18 @@ class DocumentStore:
         await pipe.execute()
         return True
 
+    async def list(self, limit: int, after: str = "") -> tuple[list[tuple[str, dict]], int]:
+        """(the first `limit` documents with ids after `after`, sorted by id, with their fields; how
+        many there are in all)."""
+        ids = sorted(m.decode() for m in await self.redis.smembers(self.keys.documents))
+        page = [i for i in ids if i > after][:limit]
+        pipe = self.redis.pipeline(transaction=False)
+        for doc_id in page:
+            pipe.hgetall(self.keys.document(doc_id))
+        rows = await pipe.execute() if page else []
+        docs = [(doc_id, {k.decode(): v.decode() for k, v in raw.items()}) for doc_id, raw in zip(page, rows) if raw]
+        return docs, len(ids)
+
     async def version(self) -> int:
         return int(await self.redis.get(self.keys.documents_version) or 0)
 
