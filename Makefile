@@ -10,7 +10,7 @@ LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F1
 
 NODE_CLIENT := clients/node
 
-.PHONY: setup models run chat test bench bench-serving bench-retrieval bench-ask bench-load bench-faults bench-peers lint stubs clean
+.PHONY: setup browser models run chat test bench bench-serving bench-retrieval bench-ask bench-load bench-faults bench-peers lint stubs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,12 @@ chat: setup
 	$(BIN)/meshllm chat
 
 # the suite runs SmolLM2; the parity tests also need the other models, and skip without them
-test: setup $(NODE_CLIENT)/node_modules/.installed
+# The Ask page's tests drive a real headless browser: Debian's chromium (Playwright's own
+# browser downloads are not reachable from CI).
+browser:
+	command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+test: setup browser $(NODE_CLIENT)/node_modules/.installed
 	$(BIN)/meshllm models install --all \
 		|| echo "make test: the models could not be installed (offline?): the tests that need them will skip"
 	$(BIN)/pytest -q --durations=15

@@ -187,6 +187,29 @@ def test_langchain_chat_openai(url):
     assert set(answer) == {"city"} and isinstance(answer["city"], str)
 
 
+def test_documents_over_http(url):
+    """/v1/documents: ingest (per-document status), list pages, delete (404 once gone), the key
+    required; the Ask page and its files open without one."""
+    docs = f"{url}/v1/documents"
+    body = {"documents": [{"id": "http-doc", "text": "Basalt forms when lava cools quickly.", "source": "rocks"}]}
+    added = httpx.post(docs, json=body, headers=AUTH, timeout=120).json()
+    assert added["data"] == [{"id": "http-doc", "status": "added", "chunks": 1, "duplicate_of": None}]
+    again = httpx.post(docs, json=body, headers=AUTH, timeout=120).json()
+    assert again["data"][0]["status"] == "unchanged"
+    listed = httpx.get(docs, params={"limit": 1}, headers=AUTH, timeout=30).json()
+    assert listed["total"] == len(DOCUMENTS) + 1 and len(listed["data"]) == 1 and listed["next_after"]
+    ids = [d["id"] for d in httpx.get(docs, headers=AUTH, timeout=30).json()["data"]]
+    assert ids == sorted([i for i, _ in DOCUMENTS] + ["http-doc"])
+    assert httpx.delete(f"{docs}/http-doc", headers=AUTH, timeout=30).json()["deleted"] is True
+    gone = httpx.delete(f"{docs}/http-doc", headers=AUTH, timeout=30)
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "document_not_found"
+    assert httpx.get(docs, timeout=30).status_code == 401
+    assert httpx.post(docs, json={"documents": []}, headers=AUTH, timeout=30).status_code == 400
+    page = httpx.get(f"{url}/", timeout=30)
+    assert page.status_code == 200 and "<title>meshllm" in page.text
+    assert httpx.get(f"{url}/ui/app.js", timeout=30).status_code == 200
+
+
 def test_sse_framing_is_openais(url):
     body = {"model": MODEL, "messages": FRANCE, "max_tokens": 3, "temperature": 0, "stream": True}
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=120) as reply:

@@ -37,6 +37,12 @@ class Metrics:
                                            "(live workers' totals)", registry=r)
         self.verify_steps = Gauge("meshllm_speculative_verify_steps", "sequence steps that verified drafts "
                                   "(live workers' totals)", registry=r)
+        self.shared_kv_blocks = Gauge("meshllm_shared_kv_blocks", "KV blocks through the shared (Redis) cache: "
+                                      "imported from it, rejected on import, exported to it (live workers' "
+                                      "totals)", ["event"], registry=r)
+        self.retrieval_seconds = Histogram("meshllm_retrieval_seconds", "Retrieval's search step (query "
+                                           "embedding and ranking), for Search and for Ask before it generates",
+                                           ["rpc", "mode"], buckets=_LATENCY_BUCKETS, registry=r)
         self.expert_tokens = Gauge("meshllm_moe_expert_tokens", "MoE models: tokens routed to each expert, "
                                    "summed over layers (live workers' totals)", ["expert"], registry=r)
         self.expert_load_imbalance = Gauge("meshllm_moe_expert_load_imbalance", "MoE models: the busiest "

@@ -245,6 +245,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         METRICS.draft_tokens.set(sum(int(w.get("draft_tokens", 0)) for w in workers))
         METRICS.accepted_draft_tokens.set(sum(int(w.get("accepted_draft_tokens", 0)) for w in workers))
         METRICS.verify_steps.set(sum(int(w.get("verify_steps", 0)) for w in workers))
+        for event in ("imported", "rejected", "exported"):
+            METRICS.shared_kv_blocks.labels(event).set(sum(int(w.get(f"kv_{event}", 0)) for w in workers))
         METRICS.set_expert_load(workers)
         return True
 

@@ -11,15 +11,18 @@ from __future__ import annotations
 import logging
 import uuid
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import grpc
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from ..common.config import OpenAIConfig, ServerConfig
+from .documents import router as documents_router
 from .errors import OpenAIError, from_rpc_error, from_validation
 from .guards import OPEN_PATHS, Guards
 from .mesh import Mesh
@@ -30,6 +33,7 @@ from .streaming import ClientGone
 log = logging.getLogger("meshllm.openai")
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+WEB = Path(__file__).resolve().parent / "web"          # the Ask page: plain HTML, CSS and a script
 
 
 def create_app(server: ServerConfig, config: OpenAIConfig, metrics: GatewayMetrics | None = None) -> FastAPI:
@@ -52,6 +56,12 @@ def create_app(server: ServerConfig, config: OpenAIConfig, metrics: GatewayMetri
     app.state.mesh = mesh
     app.state.metrics = metrics or GatewayMetrics()
     app.include_router(router)
+    app.include_router(documents_router)
+    app.mount("/ui", StaticFiles(directory=WEB), name="ui")
+
+    @app.get("/")
+    async def ask_page():
+        return FileResponse(WEB / "index.html")
 
     @app.get("/health")
     async def health():

@@ -1,7 +1,8 @@
 """What the gateway refuses before routing, in OpenAI's error shape: a missing or wrong API key
 (401, checked before the body is even read, against the same MESHLLM_API_KEYS and with the same
 functions as the gRPC services), a body over the message limit (413), more requests at once than
-max_concurrent_rpcs (429). /health stays open, as grpc.health does on the services."""
+max_concurrent_rpcs (429). /health stays open, as grpc.health does on the services, and so does the
+Ask page (/ and /ui/...), which holds no data: its calls carry the key the user types in."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,8 @@ import json
 from ..common.auth import bearer_token, key_matches
 from .errors import OpenAIError
 
-OPEN_PATHS = ("/health",)
+OPEN_PATHS = ("/health", "/")
+OPEN_PREFIXES = ("/ui/",)            # the page's own files: the key is typed into the page, not needed for it
 _KEY_MESSAGE = "Incorrect or missing API key: send the header 'Authorization: Bearer <key>'"
 
 
@@ -29,7 +31,7 @@ class Guards:
         self.active = 0
 
     def refusal(self, scope) -> OpenAIError | None:
-        if scope["path"] in OPEN_PATHS:
+        if scope["path"] in OPEN_PATHS or scope["path"].startswith(OPEN_PREFIXES):
             return None
         headers = dict(scope.get("headers") or ())
         if self.keys and not key_matches(bearer_token(headers.get(b"authorization")), self.keys):

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 
 import grpc
 
@@ -23,6 +24,7 @@ from ..client import open_channel_async
 from ..common.config import RetrievalConfig
 from ..common.errors import InvalidRequest, ServiceError, unary
 from ..common.errors import streaming as streaming_rpc
+from ..common.metrics import METRICS
 from .chunking import ChunkingConfig, chunk_text
 from .index import SearchIndex, SearchMode, SearchSettings
 from .prompt import NO_SOURCE_ANSWER, SOURCE_LABEL_STOP, build_prompt, cited_numbers
@@ -138,10 +140,13 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
             raise InvalidRequest(f"unknown search mode {mode}")
         return top_k or default_k, SearchMode(mode)
 
-    async def search(self, query: str, top_k: int, mode: SearchMode, sources: list[str]):
+    async def search(self, query: str, top_k: int, mode: SearchMode, sources: list[str], rpc: str = "Search"):
+        started = time.perf_counter()
         index = await self.refresh_index()
         (vector,) = await self.embed([query])
-        return index.search(query, vector, mode, top_k, sources or None)
+        hits = index.search(query, vector, mode, top_k, sources or None)
+        METRICS.retrieval_seconds.labels(rpc, mode.name.lower()).observe(time.perf_counter() - started)
+        return hits
 
     # ------------------------------------------------------------------ RPCs
 
@@ -198,7 +203,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         if request.max_new_tokens > 2048:
             raise InvalidRequest("max_new_tokens must be at most 2048")
         floor = request.min_relevance if request.HasField("min_relevance") else self.config.min_relevance
-        hits = [h for h in await self.search(request.question, top_k, mode, list(request.sources))
+        hits = [h for h in await self.search(request.question, top_k, mode, list(request.sources), rpc="Ask")
                 if h.dense_score >= floor]
         if not hits:
             yield pb.AskResponse(text=NO_SOURCE_ANSWER, answered_from_sources=False,

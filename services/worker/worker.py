@@ -153,7 +153,8 @@ class Worker:
                 "kv_blocks_free": self.engine.pool.num_free_blocks, "kv_blocks": self.engine.pool.num_blocks,
                 "prefix_hit_rate": round(self.engine.kv.stats.hit_rate, 4),
                 "draft_tokens": stats.draft_tokens, "accepted_draft_tokens": stats.accepted_draft_tokens,
-                "verify_steps": stats.verify_steps}
+                "verify_steps": stats.verify_steps, "kv_imported": stats.remote_blocks_imported,
+                "kv_rejected": stats.remote_blocks_rejected, "kv_exported": stats.blocks_exported}
         if stats.expert_tokens:                              # an MoE model: its router statistics
             info["expert_tokens"] = ",".join(map(str, stats.expert_tokens))
         key = self.keys.worker(self.worker_id)
