@@ -67,14 +67,7 @@ def chat_prompt(llm, text: str) -> list[int]:
 
 def generate(llm, prompts_and_options):
     engine = LLMEngine(llm.model, llm.tokenizer, EngineConfig(num_kv_blocks=512, max_num_seqs=64))
-    prompts = [p for p, _ in prompts_and_options]
-    for i, (ids, options) in enumerate(prompts_and_options):
-        engine.add_request(f"r{i}", ids, options)
-    events = {f"r{i}": [] for i in range(len(prompts))}
-    while engine.has_work():
-        for out in engine.step():
-            events[out.request_id] += out.events
-    return [events[f"r{i}"] for i in range(len(prompts))]
+    return run_all(engine, [p for p, _ in prompts_and_options], [o for _, o in prompts_and_options])
 
 
 def text_of(events) -> str:

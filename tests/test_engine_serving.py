@@ -13,8 +13,9 @@ from services.common.kv_store import RedisBlockStore
 
 
 def run_all(engine, prompts, options):
+    """Every prompt's events, run in one continuous batch; options: one for all, or a list of one each."""
     for i, ids in enumerate(prompts):
-        engine.add_request(f"r{i}", ids, options)
+        engine.add_request(f"r{i}", ids, options[i] if isinstance(options, list) else options)
     events = {f"r{i}": [] for i in range(len(prompts))}
     while engine.has_work():
         for out in engine.step():

@@ -140,7 +140,11 @@ def test_redis_with_a_password(tmp_path):
             assert len(generation_pb2_grpc.GenerationStub(ch).Generate(
                 generation_pb2.GenerateRequest(text="Hello", **greedy(3)), timeout=60).token_ids) == 3
         refused = bad.service("generation", wait=False)
-        time.sleep(3)
+        deadline = time.monotonic() + 120                         # a loaded machine starts it slowly
+        while health_status(refused.address) == "UNREACHABLE" and time.monotonic() < deadline:
+            bad.check(refused)
+            time.sleep(0.2)
+        time.sleep(2)
         bad.check(refused)                                        # running, and saying why it cannot serve
         assert health_status(refused.address) == "NOT_SERVING"
         with channel(refused) as ch, pytest.raises(grpc.RpcError) as e:

@@ -306,7 +306,8 @@ async def run(server_config, limits: GenerationLimits, redis_config, queue_confi
                                      health_check_interval=10)
     jobs = AsyncJobClient(client, Keys(redis_config.key_prefix), queue_config)
     servicer = GenerationServicer(llm, jobs, limits)
-    await asyncio.to_thread(servicer.grammars.warm)       # structured output's tokenizer, not on a request
+    # structured output's tokenizer, built beside start-up (a constraint that comes first waits for it)
+    warming = asyncio.ensure_future(asyncio.to_thread(servicer.grammars.warm))
 
     async def ready() -> bool:
         try:
@@ -317,3 +318,4 @@ async def run(server_config, limits: GenerationLimits, redis_config, queue_confi
 
     await serve(server_config, [SERVICE], lambda s: generation_pb2_grpc.add_GenerationServicer_to_server(servicer, s),
                 ready)
+    await warming
