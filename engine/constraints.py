@@ -10,8 +10,9 @@ xgrammar and outlines-core: xgrammar's wheel requires torch and transformers, wh
 does not carry; outlines-core compiles a regular expression into a token index ahead of time,
 has no context-free grammars (no Lark, no GBNF, no recursive schemas) and can take seconds on a
 large schema; llguidance computes each step's mask on the fly from an Earley parser over the
-token trie (about 65 us for Qwen's 151 936 tokens here), has no dependencies, and takes JSON
-schemas, regular expressions and Lark grammars (GBNF through its converter) alike.
+token trie (65-145 us a token for Qwen's 151 936 tokens here, bench/bench_constraints.py), has
+no dependencies, and takes JSON schemas, regular expressions and Lark grammars (GBNF through its
+converter) alike.
 
 Kinds of OutputConstraint (value):
 - json_schema: a JSON schema, as JSON text;
