@@ -41,10 +41,6 @@ OPEN_TAG = "<tool_call>"
 CLOSE_TAG = "</tool_call>"
 # The schema a function without "parameters" takes (OpenAI's reading: no arguments declared).
 EMPTY_PARAMETERS = {"type": "object", "properties": {}}
-# The arguments are written on one line with ", " and ": " (json.dumps' layout, which the template
-# renders past calls in), engine.constraints.JSON_LAYOUT; a schema's own "x-guidance" options
-# override this.
-_JSON_LAYOUT = JSON_LAYOUT
 _JSON_WHITESPACE = " \t\n\r"
 
 
@@ -437,7 +433,9 @@ def tool_call_grammar(tools: Sequence[dict] | None, choice: str | dict,
     for i, name in enumerate(names):
         schema = dict(parameters[name])
         options = schema.get("x-guidance")
-        schema["x-guidance"] = {**_JSON_LAYOUT, **(options if isinstance(options, dict) else {})}
+        # one line with ", " and ": " (json.dumps' layout, which the template renders past calls in);
+        # the schema's own "x-guidance" options win
+        schema["x-guidance"] = {**JSON_LAYOUT, **(options if isinstance(options, dict) else {})}
         # One %json per tool, after the name: a schema's "$ref"s stay relative to its own root.
         head = '{"name": ' + json.dumps(name, ensure_ascii=False) + ', "arguments": '
         lines.append(f'call_{i}: {json.dumps(head, ensure_ascii=False)} args_{i} "}}"')

@@ -204,7 +204,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         async for event in self.relay(job_id, context):
             response = pb.GenerateResponse(request_id=job_id, text=event.text)
             completion += _add_token(response, event, request.response)
-            text.append(event.text)
+            if tools.parse_calls:
+                text.append(event.text)
             if event.is_final:
                 _finish(response, event, completion)
                 if tools.parse_calls:

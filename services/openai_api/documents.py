@@ -16,9 +16,8 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from ..api import retrieval_pb2
-from ..common.auth import bearer_token
 from .errors import OpenAIError, from_rpc_error
-from .mesh import metadata_for
+from .mesh import caller_metadata
 from .schemas import _Body
 from .streaming import unless_disconnected
 
@@ -41,7 +40,7 @@ class IngestBody(_Body):
 
 async def _call(request: Request, method: str, message):
     mesh = request.app.state.mesh
-    caller = metadata_for(bearer_token(request.headers.get("authorization")))     # forwarded, as every route does
+    caller = caller_metadata(request.headers)
     try:
         return await unless_disconnected(request, getattr(mesh.retrieval, method)(
             message, timeout=mesh.timeout, metadata=caller))

@@ -25,6 +25,7 @@ from ..api import (
     tokenizer_pb2_grpc,
 )
 from ..client import open_channel_async
+from ..common.auth import bearer_token
 from ..common.config import OpenAIConfig
 from .errors import OpenAIError, from_rpc_error
 
@@ -38,6 +39,12 @@ HEALTH_INTERVAL_S = 1.0
 
 def metadata_for(token: str | None) -> Metadata:
     return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def caller_metadata(headers) -> Metadata:
+    """The caller's key, from its HTTP request's headers, as the metadata forwarded to the services
+    (the guard has checked it already)."""
+    return metadata_for(bearer_token(headers.get("authorization")))
 
 
 @dataclass(frozen=True)

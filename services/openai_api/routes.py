@@ -15,11 +15,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..api import generation_pb2, retrieval_pb2
-from ..common.auth import bearer_token
 from . import responses as out
 from . import translate
 from .errors import OpenAIError, from_rpc_error, model_not_found
-from .mesh import Mesh, Metadata, metadata_for
+from .mesh import Mesh, Metadata, caller_metadata
 from .metrics import GatewayMetrics
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, RagCompletionRequest
 from .streaming import DONE, SSE_HEADERS, first_messages, merged, sse, unless_disconnected
@@ -55,8 +54,7 @@ def _metrics(request: Request) -> GatewayMetrics:
 
 
 def _caller(request: Request) -> Metadata:
-    """The caller's key, forwarded to the services (the guard has checked it already)."""
-    return metadata_for(bearer_token(request.headers.get("authorization")))
+    return caller_metadata(request.headers)
 
 
 def _log(kind: str, request_id: str, body, **extra) -> None:
