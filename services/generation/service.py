@@ -168,6 +168,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
                 yield event
         finally:
             if not finished:                      # the caller went away: stop the worker's work too
+                log.info("job %s: its caller went away; cancelling it", job_id)
                 asyncio.ensure_future(self._cancel_quietly(job_id))
 
     async def _cancel_quietly(self, job_id: str) -> None:

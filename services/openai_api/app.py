@@ -95,6 +95,7 @@ def create_app(server: ServerConfig, config: OpenAIConfig, metrics: GatewayMetri
 
     @app.exception_handler(ClientGone)
     async def client_gone(request: Request, exc: ClientGone):
+        log.info("client closed %s %s before its answer: its calls are cancelled", request.method, request.url.path)
         return Response(status_code=499)   # nginx's "client closed request": nobody reads it
 
     @app.exception_handler(Exception)
