@@ -7,9 +7,9 @@ from numba import njit
 from engine.kernels import reference as R
 from engine.kernels.cpu.attention import paged_attention, write_kv
 from engine.kernels.cpu.matmul import GEMM_MIN_TOKENS, matmul
-from engine.kernels.cpu.matmul_q8 import quantize_rows
+from engine.kernels.cpu.matmul_q8 import matmul_q8, quantize_rows
 from engine.kernels.cpu.ops import add_inplace, embed, rms_norm, rope, rope_tables, silu_mul
-from engine.kernels.ggml_types import INT8_ACTIVATION_TYPES
+from engine.kernels.ggml_types import INT8_ACTIVATION_TYPES, INT8_KERNEL_TYPES
 from engine.kernels.simd import vexp, vload, vstore
 from engine.quants import QUANT_TYPES, dequantize
 
@@ -56,17 +56,22 @@ def test_quantize_rows_per_16_values(rng):
     np.testing.assert_allclose(xqs, xq.reshape(3, -1, 16).sum(axis=2), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("ggml_type", INT8_ACTIVATION_TYPES, ids=[QUANT_TYPES[t].name for t in INT8_ACTIVATION_TYPES])
+@pytest.mark.parametrize("ggml_type", INT8_KERNEL_TYPES, ids=[QUANT_TYPES[t].name for t in INT8_KERNEL_TYPES])
 @pytest.mark.parametrize("tokens", [1, 2])
 def test_matmul_int8_activations_is_exactly_w_dot_quantized_x(ggml_type, tokens, rng):
-    """The fast path computes W . xq with xq the per-16 int8 quantization of x, nothing worse:
-    outlier channels make the two halves of a block differ, which a lane mix-up would show."""
+    """The int8 kernel computes W . xq with xq the per-16 int8 quantization of x, nothing worse:
+    outlier channels make the two halves of a block differ, which a lane mix-up would show. The
+    fast mode's dispatch reaches it for INT8_ACTIVATION_TYPES (the same product, below)."""
     N, K = 21, 512
     w = random_blocks(ggml_type, N, K, rng)
     x = activations(rng, tokens, K)
     out = np.empty((tokens, N), np.float32)
-    matmul(w, ggml_type, x, out, True)
-    qx, dx, _ = quantized_activations(x)
+    qx, dx, xqs = quantized_activations(x)
+    matmul_q8(w, ggml_type, qx, dx, xqs, out)
+    if ggml_type in INT8_ACTIVATION_TYPES:
+        dispatched = np.empty_like(out)
+        matmul(w, ggml_type, x, dispatched, True)
+        np.testing.assert_array_equal(dispatched, out)
     xq = (qx.reshape(tokens, -1, 16).astype(np.float64) * dx[:, :, None]).reshape(tokens, K)
     ref = xq @ dequantize(w, ggml_type).astype(np.float64).T
     np.testing.assert_allclose(out, ref, rtol=0, atol=2e-6 * np.abs(ref).max())
@@ -79,7 +84,7 @@ FLOAT_FALLBACK = [t for t in TYPES if t not in INT8_ACTIVATION_TYPES]
 
 @pytest.mark.parametrize("ggml_type", FLOAT_FALLBACK, ids=[QUANT_TYPES[t].name for t in FLOAT_FALLBACK])
 def test_int8_mode_computes_types_without_int8_kernel_in_float(ggml_type, rng):
-    """Float weights, and any type without an int8 kernel, take the exact float32 path."""
+    """Float weights, and the types whose int8 kernel does not pay, take the exact float32 path."""
     w = random_blocks(ggml_type, 8, 256, rng)
     x = activations(rng, 1, 256)
     out = np.empty((1, 8), np.float32)

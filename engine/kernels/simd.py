@@ -433,10 +433,64 @@ def itof(typingctx, v):
     return f32x16(i32x16), codegen
 
 
+# --------------------------------------------------------------------------- lanes and K-quant scales
+
+
+@intrinsic
+def vlane(typingctx, v, j):
+    """Lane j of v as a float32 scalar (j a loop index that LLVM unrolls to a constant: a splat of
+    it is one broadcast from a register, not the scalar decode it replaces)."""
+    if v != f32x16 or not isinstance(j, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.extract_element(args[0], context.cast(builder, args[1], sig.args[1], types.int32))
+    return types.float32(v, j), codegen
+
+
+def _k_scales_typer(mins: bool):
+    """The eight 6-bit scales (mins=False) or mins (mins=True) of the Q4_K/Q5_K super-block at byte
+    o, in lanes 0..7; lanes 8..15 are 0. GGML packs them in 12 bytes at o+4, as
+    scale j<4: b[j] & 63          min j<4: b[j+4] & 63
+    scale j>=4: b[j+4] & 15 | (b[j-4] >> 6) << 4     min j>=4: b[j+4] >> 4 | (b[j] >> 6) << 4
+    so a shuffle of the 16 bytes at o+4 (12 scale bytes and 4 of the quants, never read) lines
+    up each lane's two source bytes, and per-lane shifts and masks finish it."""
+    def typer(typingctx, arr, idx):
+        _check_bytes(arr)
+
+        def codegen(context, builder, sig, args):
+            at = builder.add(context.cast(builder, args[1], sig.args[1], types.intp), ir.Constant(ir.IntType(64), 4))
+            ptr = _element_pointer(context, builder, sig.args[0], args[0], at, types.intp,
+                                   ir.VectorType(ir.IntType(8), LANES))
+            b = builder.zext(builder.load(ptr, align=1), _VI)
+
+            def const(values):
+                return ir.Constant(_VI, values)
+
+            def shuffle(lanes):
+                return builder.shuffle_vector(b, b, const(lanes))
+            first = [4, 5, 6, 7] if mins else [0, 1, 2, 3]
+            low = shuffle(first + [8, 9, 10, 11] + [0] * 8)                   # j<4: b[j] or b[j+4]; j>=4: b[j+4]
+            high = shuffle([0, 0, 0, 0] + ([4, 5, 6, 7] if mins else [0, 1, 2, 3]) + [0] * 8)
+            low = builder.lshr(low, const([0] * 4 + ([4] if mins else [0]) * 4 + [0] * 8))
+            low = builder.and_(low, const([63] * 4 + [15] * 4 + [0] * 8))
+            high = builder.and_(builder.shl(builder.lshr(high, const([6] * 16)), const([4] * 16)),
+                                const([0] * 4 + [0x30] * 4 + [0] * 8))
+            return builder.or_(low, high)
+        return i32x16(arr, idx), codegen
+    return typer
+
+
+q4_k_scales = intrinsic(_k_scales_typer(False))
+q4_k_scales.__doc__ = _k_scales_typer.__doc__
+q4_k_mins = intrinsic(_k_scales_typer(True))
+q4_k_mins.__doc__ = _k_scales_typer.__doc__
+
+
 __all__ = [
     "LANES", "f32x16", "i32x16", "vzero", "vsplat", "vload", "vstore", "load_u8x16", "load_i8x16",
     "load_f16x16", "load_bf16x16", "load_f16", "load_f16_tail", "load_f16_pair", "load_f32", "load_bits16",
     "vadd", "vsub", "vmul", "vdiv", "vfma",
     "vmax", "vabs", "vcopysign", "hsum", "store_hsum4", "hmax",
-    "vexp", "iand", "ishr", "ishl", "isub", "ior", "itof",
+    "vexp", "iand", "ishr", "ishl", "isub", "ior", "itof", "vlane", "q4_k_scales", "q4_k_mins",
 ]

@@ -1,6 +1,7 @@
 """One weight row in its GGML blocks dotted with float32 activations, decoded in registers (CPU, numba).
 
-    dot_row(ggml_type, row (row_bytes,) u8, x (K,) f32, xsum (K/32,) f32 sums of x per 32) -> f32
+    dot_row(ggml_type, row (row_bytes,) u8, x (K,) f32, xsum (K/32 + XSUM_PAD,) f32) -> f32
+    xsum: the sums of x per 32, then XSUM_PAD zeros (matmul_f32.block_sums makes it)
 
 One `dot_<type>` per type, dispatched per row by dot_row (the exact mode's decode path:
 matmul_f32.matmul_rows_f32, projections). A block's contribution is d * (q . x) [+ m * sum(x)]:
@@ -26,17 +27,21 @@ from ..simd import (
     load_f32,
     load_i8x16,
     load_u8x16,
+    q4_k_mins,
+    q4_k_scales,
     vadd,
     vfma,
     vload,
     vmul,
     vsplat,
+    vlane,
     vsub,
     vzero,
 )
-from .dequant import crumb_lanes, q3_k_lanes, q3_k_scale, q4_k_scale_min, q5_lanes, q6_k_lanes, signed_byte
+from .dequant import crumb_lanes, q3_k_lanes, q3_k_scale, q5_lanes, q6_k_lanes
 
 _f32 = np.float32
+XSUM_PAD = 8      # the K-quants read a super-block's eight block sums as one 16-lane vector
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -135,44 +140,48 @@ def dot_q8_0(row, x, xsum):
 
 @njit(cache=True, nogil=True, inline="always")
 def dot_q4_k(row, x, xsum):
-    acc = vzero()
-    mins = _f32(0.0)
+    """The super-block's eight scales and mins are unpacked in one vector each (q4_k_scales), not
+    byte by byte per sub-block: the scalar decode cost as many instructions as the products. The
+    mins' term is one vector product with the eight block sums (xsum padded by XSUM_PAD)."""
+    acc0 = vzero()
+    acc1 = vzero()                                      # two chains: even and odd sub-blocks
+    mins = vzero()
     for sb in range(x.shape[0] // 256):
         o = sb * 144
         d, dmin = load_f16_pair(row, o)
+        scales = vmul(itof(q4_k_scales(row, o)), vsplat(d))
+        mins = vfma(vmul(itof(q4_k_mins(row, o)), vsplat(dmin)), vload(xsum, sb * 8), mins)
         for c in range(4):                              # 64 weights: sub-blocks 2c and 2c+1
             k = sb * 256 + c * 64
             qa = load_u8x16(row, o + 16 + c * 32)
             qb = load_u8x16(row, o + 32 + c * 32)
-            sc, m = q4_k_scale_min(row, o, 2 * c)
             s = vmul(itof(iand(qa, 15)), vload(x, k))
             s = vfma(itof(iand(qb, 15)), vload(x, k + 16), s)
-            acc = vfma(vsplat(d * _f32(sc)), s, acc)
-            mins += dmin * _f32(m) * xsum[k // 32]
-            sc, m = q4_k_scale_min(row, o, 2 * c + 1)
+            acc0 = vfma(vsplat(vlane(scales, 2 * c)), s, acc0)
             s = vmul(itof(ishr(qa, 4)), vload(x, k + 32))
             s = vfma(itof(ishr(qb, 4)), vload(x, k + 48), s)
-            acc = vfma(vsplat(d * _f32(sc)), s, acc)
-            mins += dmin * _f32(m) * xsum[k // 32 + 1]
-    return hsum(acc) - mins
+            acc1 = vfma(vsplat(vlane(scales, 2 * c + 1)), s, acc1)
+    return hsum(vadd(acc0, acc1)) - hsum(mins)
 
 
 @njit(cache=True, nogil=True, inline="always")
 def dot_q6_k(row, x, xsum):
-    acc = vzero()
+    """The sixteen int8 scales of a super-block become one float vector (d * scale) up front."""
+    acc0 = vzero()
+    acc1 = vzero()
     for sb in range(x.shape[0] // 256):
         o = sb * 210
-        d = load_f16_tail(row, o + 208)
+        scales = vmul(itof(load_i8x16(row, o + 192)), vsplat(load_f16_tail(row, o + 208)))
         for half in range(2):
             for chunk in range(2):
                 q1, q2, q3, q4 = q6_k_lanes(row, o, half, chunk)
                 k = sb * 256 + half * 128 + chunk * 16
-                g = o + 192 + 8 * half + chunk          # int8 scale of this lane group
-                acc = vfma(vsplat(d * _f32(signed_byte(row[g]))), vmul(itof(q1), vload(x, k)), acc)
-                acc = vfma(vsplat(d * _f32(signed_byte(row[g + 2]))), vmul(itof(q2), vload(x, k + 32)), acc)
-                acc = vfma(vsplat(d * _f32(signed_byte(row[g + 4]))), vmul(itof(q3), vload(x, k + 64)), acc)
-                acc = vfma(vsplat(d * _f32(signed_byte(row[g + 6]))), vmul(itof(q4), vload(x, k + 96)), acc)
-    return hsum(acc)
+                g = 8 * half + chunk                    # the scale of this lane group
+                acc0 = vfma(vsplat(vlane(scales, g)), vmul(itof(q1), vload(x, k)), acc0)
+                acc1 = vfma(vsplat(vlane(scales, g + 2)), vmul(itof(q2), vload(x, k + 32)), acc1)
+                acc0 = vfma(vsplat(vlane(scales, g + 4)), vmul(itof(q3), vload(x, k + 64)), acc0)
+                acc1 = vfma(vsplat(vlane(scales, g + 6)), vmul(itof(q4), vload(x, k + 96)), acc1)
+    return hsum(vadd(acc0, acc1))
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -184,28 +193,27 @@ def _fifth_bits(qh, j):
 @njit(cache=True, nogil=True, inline="always")
 def dot_q5_k(row, x, xsum):
     """As dot_q4_k; the two 16-byte halves of qh are loaded once per super-block."""
-    acc = vzero()
-    mins = _f32(0.0)
+    acc0 = vzero()
+    acc1 = vzero()
+    mins = vzero()
     for sb in range(x.shape[0] // 256):
         o = sb * 176
         d, dmin = load_f16_pair(row, o)
+        scales = vmul(itof(q4_k_scales(row, o)), vsplat(d))
+        mins = vfma(vmul(itof(q4_k_mins(row, o)), vsplat(dmin)), vload(xsum, sb * 8), mins)
         h0 = load_u8x16(row, o + 16)
         h1 = load_u8x16(row, o + 32)
         for c in range(4):                              # 64 weights: sub-blocks 2c and 2c+1
             k = sb * 256 + c * 64
             qa = load_u8x16(row, o + 48 + c * 32)
             qb = load_u8x16(row, o + 64 + c * 32)
-            sc, m = q4_k_scale_min(row, o, 2 * c)
             s = vmul(itof(ior(iand(qa, 15), _fifth_bits(h0, 2 * c))), vload(x, k))
             s = vfma(itof(ior(iand(qb, 15), _fifth_bits(h1, 2 * c))), vload(x, k + 16), s)
-            acc = vfma(vsplat(d * _f32(sc)), s, acc)
-            mins += dmin * _f32(m) * xsum[k // 32]
-            sc, m = q4_k_scale_min(row, o, 2 * c + 1)
+            acc0 = vfma(vsplat(vlane(scales, 2 * c)), s, acc0)
             s = vmul(itof(ior(ishr(qa, 4), _fifth_bits(h0, 2 * c + 1))), vload(x, k + 32))
             s = vfma(itof(ior(ishr(qb, 4), _fifth_bits(h1, 2 * c + 1))), vload(x, k + 48), s)
-            acc = vfma(vsplat(d * _f32(sc)), s, acc)
-            mins += dmin * _f32(m) * xsum[k // 32 + 1]
-    return hsum(acc) - mins
+            acc1 = vfma(vsplat(vlane(scales, 2 * c + 1)), s, acc1)
+    return hsum(vadd(acc0, acc1)) - hsum(mins)
 
 
 @njit(cache=True, nogil=True, inline="always")

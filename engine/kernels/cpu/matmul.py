@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 from .matmul_f32 import block_sums, matmul_rows_f32, matmul_tiles_f32
-from .matmul_q8 import has_int8_kernel, matmul_q8, quantize_rows
+from .matmul_q8 import int8_pays, matmul_q8, quantize_rows
 
 GEMM_MIN_TOKENS = 4
 
@@ -22,15 +22,13 @@ GEMM_MIN_TOKENS = 4
 def matmul(w, ggml_type, x, out, int8_activations):
     """out (T, N) f32 = x (T, K) f32 @ W^T for W = w (N, row_bytes) u8 in GGML type ggml_type."""
     T, K = x.shape
-    if T < GEMM_MIN_TOKENS and int8_activations and has_int8_kernel(ggml_type):
+    if T < GEMM_MIN_TOKENS and int8_activations and int8_pays(ggml_type):
         qx = np.empty((T, K), np.int8)
         dx = np.empty((T, K // 16), np.float32)
         xqsum16 = np.empty((T, K // 16), np.float32)
         quantize_rows(x, qx, dx, xqsum16)
         matmul_q8(w, ggml_type, qx, dx, xqsum16, out)
     elif T < GEMM_MIN_TOKENS:
-        xsum = np.empty((x.shape[0], x.shape[1] // 32), np.float32)
-        block_sums(x, xsum)
-        matmul_rows_f32(w, ggml_type, x, xsum, out)
+        matmul_rows_f32(w, ggml_type, x, block_sums(x), out)
     else:
         matmul_tiles_f32(w, ggml_type, x, out)

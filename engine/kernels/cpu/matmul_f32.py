@@ -10,7 +10,7 @@ from numba import njit, prange
 
 from ..simd import hsum, store_hsum4, vadd, vfma, vload, vzero
 from .dequant import dequantize_row
-from .dot_f32 import dot_row
+from .dot_f32 import XSUM_PAD, dot_row
 
 _ROW_TILE = 4
 _CHUNKS = 32          # parallel chunks of a batch product: a few per thread, each with its own scratch
@@ -19,11 +19,14 @@ _CHUNKS = 32          # parallel chunks of a batch product: a few per thread, ea
 # ----------------------------------------------------------------------------- products
 
 @njit(cache=True, nogil=True)
-def block_sums(x, xsum):
-    """x (T, K) f32 -> xsum (T, K/32): the sum of each 32-wide block of each row."""
+def block_sums(x):
+    """x (T, K) f32 -> xsum (T, K/32 + XSUM_PAD): the sum of each 32-wide block of each row, then
+    zeros (dot_row's K-quants read eight sums as one vector)."""
+    xsum = np.zeros((x.shape[0], x.shape[1] // 32 + XSUM_PAD), np.float32)
     for t in range(x.shape[0]):
         for b in range(x.shape[1] // 32):
             xsum[t, b] = hsum(vadd(vload(x[t], b * 32), vload(x[t], b * 32 + 16)))
+    return xsum
 
 
 @njit(cache=True, nogil=True, inline="always")

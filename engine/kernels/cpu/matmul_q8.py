@@ -243,8 +243,15 @@ def _row_dot(ggml_type, row, qx, dx, xqsum16):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def int8_pays(ggml_type):
+    """ggml_type in INT8_ACTIVATION_TYPES: the fast mode's dispatch (its int8 kernel is the faster one)."""
+    return (ggml_type == Q4_0 or ggml_type == Q4_1 or ggml_type == Q5_1 or ggml_type == Q8_0 or ggml_type == Q2_K
+            or ggml_type == Q3_K)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def has_int8_kernel(ggml_type):
-    """ggml_type in INT8_ACTIVATION_TYPES: row_dot_q8 has a kernel for it."""
+    """ggml_type in INT8_KERNEL_TYPES: row_dot_q8 has a kernel for it."""
     return (ggml_type == Q4_0 or ggml_type == Q4_1 or ggml_type == Q5_0 or ggml_type == Q5_1 or ggml_type == Q8_0
             or ggml_type == Q2_K or ggml_type == Q3_K or ggml_type == Q4_K or ggml_type == Q5_K or ggml_type == Q6_K)
 
@@ -275,7 +282,7 @@ def row_dot_q8(ggml_type, row, qx, dx, xqsum16):
 
 @njit(cache=True, nogil=True, parallel=True)
 def matmul_q8(w, ggml_type, qx, dx, xqsum16, out):
-    """out (T, N) = x @ W^T with x given quantized (quantize_rows); ggml_type in INT8_ACTIVATION_TYPES.
+    """out (T, N) = x @ W^T with x given quantized (quantize_rows); ggml_type in INT8_KERNEL_TYPES.
 
     One row at a time, streaming: tiles of four interleaved rows would share the activation loads
     but read memory in an order the prefetchers follow poorly, and decode reads its weights from

@@ -18,13 +18,13 @@ from numba import njit, prange
 from .dot_f32 import dot_row
 from .matmul import GEMM_MIN_TOKENS, matmul
 from .matmul_f32 import block_sums
-from .matmul_q8 import has_int8_kernel, quantize_rows, row_dot_q8
+from .matmul_q8 import int8_pays, quantize_rows, row_dot_q8
 from .ops import gelu_tanh_mul, silu_mul
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _dot(ggml_type, row, t, int8, x, xsum, qx, dx, xqsum16):
-    if int8 and has_int8_kernel(ggml_type):
+    if int8 and int8_pays(ggml_type):
         return row_dot_q8(ggml_type, row, qx[t], dx[t], xqsum16[t])
     return dot_row(ggml_type, row, x[t], xsum[t])
 
@@ -55,8 +55,8 @@ def project(x, int8_activations, w0, type0, out0, w1, type1, out1, w2, type2, ou
         if w2.shape[0]:
             matmul(w2, type2, x, out2, int8_activations)
         return
-    xsum = np.empty((T, K // 32), np.float32)
-    block_sums(x, xsum)
+    xsum = block_sums(x)
+    int8_activations = int8_activations and (int8_pays(type0) or int8_pays(type1) or int8_pays(type2))
     qx = np.empty((T, K if int8_activations else 0), np.int8)
     dx = np.empty((T, K // 16 if int8_activations else 0), np.float32)
     xqsum16 = np.empty_like(dx)
