@@ -4,8 +4,9 @@
         out (T, N) f32 = x (T, K) f32 @ W^T,  W = w (N, row_bytes) u8 in GGML type ggml_type
 
 Three paths, chosen by the number of tokens T:
-- T < GEMM_MIN_TOKENS with int8_activations (decode, fast mode): x is quantized to int8 per
-  16 values and integer dot products run on the weight blocks (matmul_q8.py), as llama.cpp does.
+- T < GEMM_MIN_TOKENS with int8_activations (decode, fast mode), for the types in
+  ggml_types.INT8_ACTIVATION_TYPES (where it is the faster kernel): x is quantized to int8 per 16
+  values and integer dot products run on the weight blocks (matmul_q8.py), as llama.cpp does.
 - T < GEMM_MIN_TOKENS (decode, exact mode): float32 dot products on the blocks (matmul_f32.py, dot_f32.py).
 - otherwise (prefill, batched decode): dequantized tiles and a float32 GEMM (matmul_f32.py).
 """
