@@ -61,10 +61,10 @@ def main() -> None:
     for ggml_type in G.INT8_KERNEL_TYPES:
         w = random_blocks(ggml_type, args.rows, args.cols, rng)
 
-        def exact():
+        def exact(w=w, ggml_type=ggml_type):
             matmul_rows_f32(w, ggml_type, x, block_sums(x), out)
 
-        def int8():
+        def int8(w=w, ggml_type=ggml_type):
             quantize_rows(x, qx, dx, xqsum16)
             matmul_q8(w, ggml_type, qx, dx, xqsum16, out)
         f32_ms, int8_ms = median_ms(exact), median_ms(int8)

@@ -31,10 +31,10 @@ from ..simd import (
     q4_k_scales,
     vadd,
     vfma,
+    vlane,
     vload,
     vmul,
     vsplat,
-    vlane,
     vsub,
     vzero,
 )
