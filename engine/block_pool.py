@@ -45,6 +45,33 @@ class NoFreeBlocks(RuntimeError):
     pass
 
 
+class CacheChanges:
+    """The prefix cache's changes since they were last taken: block hashes published and evicted
+    (a worker publishes them for KV-aware routing). A hash cached then evicted in between is in
+    neither."""
+
+    def __init__(self):
+        self.added: set[bytes] = set()
+        self.removed: set[bytes] = set()
+
+    def cached(self, block_hash: bytes) -> None:
+        self.removed.discard(block_hash)
+        self.added.add(block_hash)
+
+    def evicted(self, block_hash: bytes) -> None:
+        if block_hash in self.added:
+            self.added.discard(block_hash)
+        else:
+            self.removed.add(block_hash)
+
+    def take(self) -> tuple[list[bytes], list[bytes]]:
+        """(added, removed) since the last take."""
+        added, removed = list(self.added), list(self.removed)
+        self.added.clear()
+        self.removed.clear()
+        return added, removed
+
+
 class BlockPool:
     def __init__(self, num_blocks: int, block_size: int):
         if num_blocks < 1:
@@ -54,6 +81,7 @@ class BlockPool:
         self._free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
         self._cached: dict[bytes, int] = {}
         self.num_evictions = 0
+        self.changes = CacheChanges()
 
     @property
     def num_blocks(self) -> int:
@@ -89,6 +117,7 @@ class BlockPool:
             if block.block_hash is not None:              # evict: reused content leaves the cache
                 if self._cached.get(block.block_hash) == block_id:
                     del self._cached[block.block_hash]
+                    self.changes.evicted(block.block_hash)
                 block.block_hash = None
                 block.token_ids = None
                 self.num_evictions += 1
@@ -125,4 +154,9 @@ class BlockPool:
         block.block_hash = block_hash
         block.token_ids = tuple(token_ids)
         self._cached[block_hash] = block_id
+        self.changes.cached(block_hash)
         return True
+
+    def cached_hashes(self) -> list[bytes]:
+        """Every hash in the prefix cache now."""
+        return list(self._cached)

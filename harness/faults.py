@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass, field
 
 import grpc
-import redis
 
 from services.api import (
     common_pb2,
@@ -32,6 +31,7 @@ from services.api import (
 )
 from services.client import health_status, open_channel
 from services.common.keys import WORKER_GROUP, Keys
+from services.common.redis_client import connect
 from services.common.redis_server import RedisServer
 
 from .load import LoadClients
@@ -88,12 +88,20 @@ def wait_until(predicate, timeout_s: float, interval_s: float = 0.02) -> bool:
 
 
 def pending_jobs_by_worker(redis_url: str, key_prefix: str) -> dict[str, int]:
-    client = redis.Redis.from_url(redis_url)
+    """{consumer: jobs it holds}, over the shared stream and every routed one."""
+    keys = Keys(key_prefix)
+    client = connect(redis_url)
     try:
-        summary = client.xpending(Keys(key_prefix).jobs, WORKER_GROUP)
+        streams = [keys.jobs] + [keys.route(m.decode()) for m in client.smembers(keys.routes)]
+        pending: dict[str, int] = {}
+        for stream in streams:
+            if not client.exists(stream):
+                continue
+            for c in client.xpending(stream, WORKER_GROUP).get("consumers") or []:
+                pending[c["name"].decode()] = pending.get(c["name"].decode(), 0) + int(c["pending"])
     finally:
         client.close()
-    return {c["name"].decode(): int(c["pending"]) for c in summary.get("consumers") or []}
+    return pending
 
 
 def outstanding_jobs(generation_address: str, api_key: str | None = None) -> int:

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import redis
 
 from services.client import health_status, http_health_status, open_channel
 from services.common.keys import Keys
+from services.common.redis_client import connect, scan_keys
 from services.common.redis_server import free_port
 
 
@@ -118,17 +118,17 @@ class Mesh:
         return proc
 
     def worker(self, wait: bool = True, **env_extra) -> Proc:
-        client = redis.Redis.from_url(self.redis_url)
+        client = connect(self.redis_url)
         pattern = Keys(self.key_prefix).workers_pattern
-        before = set(client.keys(pattern))
+        before = set(scan_keys(client, pattern))
         proc = self._spawn("worker", ["worker"], self.env(**env_extra))
         if wait:
             deadline = time.monotonic() + 120
-            while not set(client.keys(pattern)) - before:
+            while not set(scan_keys(client, pattern)) - before:
                 self.check(proc)
                 assert time.monotonic() < deadline, "the worker did not register"
                 time.sleep(0.05)
-            proc.worker_key = (set(client.keys(pattern)) - before).pop().decode()
+            proc.worker_key = (set(scan_keys(client, pattern)) - before).pop().decode()
         client.close()
         return proc
 

@@ -18,15 +18,14 @@ import subprocess
 import sys
 import time
 
-import redis
-
 from engine.model_registry import CATALOGUE, DEFAULT_MODEL, resolve_model
 
 from .cli import DEFAULT_METRICS_PORTS, DEFAULT_PORTS
 from .client import health_status, http_health_status
 from .common.config import OpenAIConfig, from_sources
 from .common.keys import Keys
-from .common.redis_server import RedisServer, child_process_options, local_password, redacted_url, wait_for_redis
+from .common.redis_client import connect, redacted, scan_keys
+from .common.redis_server import RedisServer, child_process_options, local_password, wait_for_redis
 
 SERVICES = ("tokenizer", "retrieval", "generation")
 
@@ -55,7 +54,7 @@ class Stack:
         env = dict(os.environ)
         redis_url = env.get("REDIS_URL")
         if redis_url:
-            self.log(f"using Redis at {redacted_url(redis_url)}")
+            self.log(f"using Redis at {redacted(redis_url)}")
             wait_for_redis(redis_url)
         else:
             # loopback only, and still with a password: other local users cannot read the mesh's state
@@ -107,7 +106,7 @@ class Stack:
         deadline = time.monotonic() + self.args.timeout
         pending = set(SERVICES) | ({"openai"} if "openai" in endpoints else set())
         keys = Keys(os.environ.get("MESHLLM_KEY_PREFIX", "meshllm:"))
-        client = redis.Redis.from_url(endpoints["redis"])
+        client = connect(endpoints["redis"])
         workers = 0
         while pending or workers < self.args.workers:
             self.check_children()
@@ -122,7 +121,7 @@ class Stack:
                 if status == "SERVING":
                     pending.discard(service)
                     self.log(f"{service} is serving on {endpoints[service]}")
-            workers = len(client.keys(keys.workers_pattern))
+            workers = len(scan_keys(client, keys.workers_pattern))
             time.sleep(0.3)
         self.log(f"{workers} worker(s) ready")
 
@@ -189,7 +188,7 @@ def up(args) -> int:
         if "openai" in endpoints:
             print(f"  {'openai':<11} {endpoints['openai']}/v1   metrics "
                   f"http://{args.host}:{stack.openai.openai_metrics_port}")
-        print(f"  redis       {redacted_url(endpoints['redis'])}")
+        print(f"  redis       {redacted(endpoints['redis'])}")
         print(f"  workers     {args.workers}")
         print("Try: meshllm generate --remote 127.0.0.1:50053 --chat \"What is the capital of France?\"")
         print("     meshllm ask \"What does the with statement do?\"")

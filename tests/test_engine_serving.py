@@ -10,6 +10,7 @@ from engine.sequence import RequestOptions
 from engine.stopping import FinishReason, StoppingCriteria
 from services.common.keys import Keys
 from services.common.kv_store import RedisBlockStore
+from services.common.redis_client import scan_keys
 
 
 def run_all(engine, prompts, options):
@@ -136,7 +137,7 @@ def test_poisoned_redis_entries_are_rejected_and_recomputed(llm, block_store, ki
     first_token_logprobs(writer, ids, "w")
     writer.flush_exports()
     writer.close()
-    hashes = [h for h in block_store.redis.keys(f"{block_store.keys.prefix}kv:*")]
+    hashes = scan_keys(block_store.redis, f"{block_store.keys.prefix}kv:*")
     assert hashes
     for key in hashes:
         block_hash = bytes.fromhex(key.decode().rsplit(":", 1)[1])

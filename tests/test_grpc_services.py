@@ -11,6 +11,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from harness.mesh import Mesh, channel
 from services.api import common_pb2, generation_pb2, generation_pb2_grpc, tokenizer_pb2, tokenizer_pb2_grpc
+from services.common.keys import Keys
+from services.common.redis_client import scan_keys
 
 FR = common_pb2
 
@@ -163,8 +165,29 @@ def test_cancel_by_request_id_ends_the_stream(gen):
 
 
 def worker_info(mesh, redis_client):
-    key = next(iter(redis_client.keys(f"{mesh.key_prefix}worker:*")))
+    key = scan_keys(redis_client, Keys(mesh.key_prefix).workers_pattern)[0]
     return {k.decode(): v.decode() for k, v in redis_client.hgetall(key).items()}
+
+
+def test_a_job_whose_front_end_is_sigkilled_is_cancelled_by_its_lapsed_reader_lease(mesh, redis_client):
+    front = mesh.service("generation", MESHLLM_READER_LEASE_MS=1500)
+    job_id = f"orphan-{uuid.uuid4().hex[:8]}"
+    request = generation_pb2.GenerateRequest(text="Once upon a time", request_id=job_id,
+                                             **greedy(2000, ignore_eos=True))
+    with channel(front) as ch:
+        stream = generation_pb2_grpc.GenerationStub(ch).GenerateStream(request, timeout=120)
+        for _ in range(3):
+            next(stream)
+        front.kill()                                     # nobody relays the job any more
+    out = Keys(mesh.key_prefix).job_output(job_id)
+    deadline = time.monotonic() + 30
+    while True:
+        last = redis_client.xrevrange(out, count=1)
+        if last and last[0][1].get(b"f"):
+            break
+        assert time.monotonic() < deadline, "the worker ran on with nobody reading"
+        time.sleep(0.1)
+    assert last[0][1][b"f"] == b"cancelled" and int(last[0][1][b"i"]) < 1000
 
 
 def test_a_deadline_cancels_the_job_and_frees_its_blocks(gen, mesh, redis_client):

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from harness.mesh import Mesh, channel
 from services.api import retrieval_pb2, retrieval_pb2_grpc
 from services.cli import build_parser
 from services.client import http_health_status
 from services.common.keys import Keys
+from services.common.redis_client import connect, scan_keys
 from services.common.redis_server import free_port
 from services.launcher import Stack
 
@@ -50,9 +50,9 @@ def stack(redis_server):
         for proc in procs.values():
             m.wait_serving(proc, timeout=600)
         worker = m.worker(wait=False)
-        client = redis.Redis.from_url(redis_server.url)
+        client = connect(redis_server.url)
         deadline = time.monotonic() + 600
-        while not client.keys(Keys(m.key_prefix).workers_pattern):
+        while not scan_keys(client, Keys(m.key_prefix).workers_pattern):
             m.check(worker)
             assert time.monotonic() < deadline, "the worker did not register"
             time.sleep(0.2)
@@ -398,9 +398,9 @@ def test_invalid_json_is_400(url):
 
 def worker_info(stack) -> dict:
     """The worker's last heartbeat; {} while its key has lapsed (a heartbeat late on a loaded machine)."""
-    client = redis.Redis.from_url(stack.redis_url)
+    client = connect(stack.redis_url)
     try:
-        keys = client.keys(f"{stack.key_prefix}worker:*")
+        keys = scan_keys(client, Keys(stack.key_prefix).workers_pattern)
         return {k.decode(): v.decode() for k, v in client.hgetall(keys[0]).items()} if keys else {}
     finally:
         client.close()

@@ -16,7 +16,9 @@ from services.common.keys import Keys
 
 @pytest.fixture
 def queue(redis_client, key_prefix):
-    q = JobQueue(redis_client, Keys(key_prefix), QueueConfig(heartbeat_ms=300, claim_idle_ms=1500))
+    # a long reader lease: the SIGKILL test reads its four jobs one after the other
+    config = QueueConfig(heartbeat_ms=300, claim_idle_ms=1500, reader_lease_ms=120_000)
+    q = JobQueue(redis_client, Keys(key_prefix), config)
     q.ensure_group()
     return q
 
@@ -126,3 +128,19 @@ def test_a_job_carries_every_request_option():
                              True, 2, False, SpeculationParams(num_draft_tokens=6, min_ngram=3))
     spec = JobSpec.from_json(JobSpec.from_options("j", [1, 2, 3], options).to_json())
     assert spec.options() == options
+
+
+def test_a_job_nobody_reads_is_cancelled_when_its_reader_lease_lapses(redis_client, key_prefix, spawn_worker, llm):
+    lapsing = JobQueue(redis_client, Keys(key_prefix), QueueConfig(heartbeat_ms=300, claim_idle_ms=1500,
+                                                                   reader_lease_ms=1000))
+    lapsing.ensure_group()
+    spawn_worker()
+    job = submit(lapsing, llm.encode("Once upon a time"), RequestOptions(GREEDY, StoppingCriteria(2000,
+                                                                                                 ignore_eos=True)))
+    deadline = time.monotonic() + 60
+    while not any(e.is_final for e in raw_events(lapsing, job)):      # nobody calls events(): no renewal
+        assert time.monotonic() < deadline, "the unread job was not cancelled"
+        time.sleep(0.1)
+    written = raw_events(lapsing, job)
+    assert written[-1].finish_reason == "cancelled" and len(written) < 2000
+    assert lapsing.outstanding() == 0

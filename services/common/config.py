@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 from engine.model_registry import DEFAULT_MODEL
 
+from .redis_client import parse_url
+
 T = TypeVar("T")
 
 
@@ -90,13 +92,20 @@ def _check(ok: bool, message: str) -> None:
 @dataclass(frozen=True)
 class RedisConfig:
     redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata={
-        "help": "Redis to share state through (redis://[:password@]host:port/db, rediss:// for TLS)",
+        "help": "Redis to share state through: redis://[:password@]host:port/db (rediss:// for TLS), "
+                "redis+cluster://[:password@]host:port[,host:port...] for a Redis Cluster, "
+                "redis+sentinel://[:password@]host:port[,...]/service_name for a Sentinel-managed primary",
         "env": "REDIS_URL"})
     key_prefix: str = field(default="meshllm:", metadata={"help": "prefix of every Redis key (see docs/redis.md)"})
 
     def __post_init__(self):
-        _check(self.redis_url.startswith(("redis://", "rediss://", "unix://")), f"bad Redis URL {self.redis_url!r}")
+        try:
+            parse_url(self.redis_url)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         _check(bool(self.key_prefix), "key_prefix must not be empty")
+        _check("{" not in self.key_prefix and "}" not in self.key_prefix,
+               "key_prefix must not contain braces (they are the keys' hash tags)")
 
 
 @dataclass(frozen=True)
@@ -107,12 +116,24 @@ class QueueConfig:
     claim_idle_ms: int = field(default=5000, metadata={
         "help": "a job whose worker has not renewed it for this long is taken over by another worker"})
     heartbeat_ms: int = field(default=1000, metadata={"help": "how often a worker renews its jobs"})
+    reader_lease_ms: int = field(default=15000, metadata={
+        "help": "a job nobody has read for this long is cancelled (its caller or front-end is gone; 0: never)"})
+    redis_outage_s: float = field(default=10.0, metadata={
+        "help": "a stream's reader rides out a Redis outage (a failover) this long before it fails UNAVAILABLE"})
+    kv_routing: bool = field(default=True, metadata={
+        "help": "send a job to the worker whose prefix cache holds most of its prompt (else any worker)"})
+    routing_load_blocks: float = field(default=4.0, metadata={
+        "help": "KV-aware routing: each job a worker already runs or queues costs as much as this many "
+                "uncached prompt blocks"})
 
     def __post_init__(self):
         _check(self.max_queue_len >= 1, "max_queue_len must be >= 1")
         _check(self.output_ttl_s >= 1, "output_ttl_s must be >= 1")
         _check(self.heartbeat_ms >= 10, "heartbeat_ms must be >= 10")
         _check(self.claim_idle_ms >= 2 * self.heartbeat_ms, "claim_idle_ms must be at least twice heartbeat_ms")
+        _check(self.reader_lease_ms == 0 or self.reader_lease_ms >= 2 * self.heartbeat_ms,
+               "reader_lease_ms must be 0 or at least twice heartbeat_ms")
+        _check(self.routing_load_blocks >= 0, "routing_load_blocks must be >= 0")
 
 
 @dataclass(frozen=True)

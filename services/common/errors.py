@@ -12,7 +12,6 @@ import time
 import uuid
 
 import grpc
-import redis
 
 from engine.chat_template import ChatTemplateError
 from engine.constraints import ConstraintError
@@ -23,6 +22,7 @@ from engine.stopping import StoppingError
 
 from .jobs import JobFailed, QueueFull
 from .metrics import METRICS
+from .redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
 
 log = logging.getLogger("meshllm.rpc")
 
@@ -39,7 +39,8 @@ class ServiceError(Exception):
 
 USER_ERRORS = (InvalidRequest, GenerationError, SamplingError, StoppingError, SpeculationError, ChatTemplateError,
                ConstraintError)
-_JOB_CODES = {"invalid_argument": grpc.StatusCode.INVALID_ARGUMENT, "internal": grpc.StatusCode.INTERNAL}
+_JOB_CODES = {"invalid_argument": grpc.StatusCode.INVALID_ARGUMENT, "internal": grpc.StatusCode.INTERNAL,
+              "unavailable": grpc.StatusCode.UNAVAILABLE}
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -51,7 +52,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if isinstance(exc, JobFailed):
         return _JOB_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc)
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, ConnectionError)):
+    if isinstance(exc, (*REDIS_UNAVAILABLE, ConnectionError)):
         return grpc.StatusCode.UNAVAILABLE, "the mesh's Redis is unreachable; retry shortly"
     if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):     # a downstream service's status
         code = exc.code()

@@ -1,6 +1,7 @@
 """The engine's BlockStore on Redis: full KV blocks shared between workers.
 
-Keys are `kv:{model fingerprint}:{chain hash}` (see keys.py), values engine.block_store's format.
+Keys are `kv:{model fingerprint}:{chain hash}` (see keys.py; on a Redis Cluster they spread over every
+slot and a batch is read one MGET per slot), values engine.block_store's format.
 Each block expires kv_block_ttl_s after it was written, and Redis's maxmemory policy
 (volatile-lru) evicts blocks first when memory runs short: the store is a cache.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import redis
 
 from .keys import Keys
+from .redis_client import mget
 
 
 class RedisBlockStore:
@@ -19,9 +21,7 @@ class RedisBlockStore:
         self.ttl_s = ttl_s
 
     def get_many(self, block_hashes: list[bytes]) -> list[bytes | None]:
-        if not block_hashes:
-            return []
-        return self.redis.mget([self.keys.kv_block(self.fingerprint, h) for h in block_hashes])
+        return mget(self.redis, [self.keys.kv_block(self.fingerprint, h) for h in block_hashes])
 
     def put_many(self, items: list[tuple[bytes, bytes]]) -> None:
         pipe = self.redis.pipeline(transaction=False)

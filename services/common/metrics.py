@@ -30,6 +30,12 @@ class Metrics:
         self.kv_usage = Gauge("meshllm_kv_cache_usage_ratio", "used share of the workers' KV blocks", registry=r)
         self.prefix_hit_rate = Gauge("meshllm_prefix_cache_hit_rate", "share of prompt tokens served from the "
                                      "prefix cache (workers' mean)", registry=r)
+        self.routed_jobs = Counter("meshllm_routed_jobs_total", "generation jobs by where KV-aware routing sent "
+                                   "them: a worker holding their prefix, or the shared stream", ["target"], registry=r)
+        self.routed_cached_blocks = Histogram("meshllm_routed_cached_ratio", "of a routed job's prompt blocks, the "
+                                              "share its worker's prefix cache held", buckets=(0.1, 0.25, 0.5, 0.75,
+                                                                                               0.9, 0.99, 1.0),
+                                              registry=r)
         self.redis_up = Gauge("meshllm_redis_up", "1 while Redis answers", registry=r)
         self.draft_tokens = Gauge("meshllm_speculative_draft_tokens", "prompt-lookup draft tokens verified "
                                   "(live workers' totals)", registry=r)

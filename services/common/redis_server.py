@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -18,6 +17,8 @@ import time
 from pathlib import Path
 
 import redis
+
+from .redis_client import connect
 
 
 class RedisServerError(RuntimeError):
@@ -48,11 +49,6 @@ def child_process_options() -> dict:
     return {"start_new_session": True, "preexec_fn": die_with_parent}
 
 
-def redacted_url(url: str) -> str:
-    """The URL with its password (if any) replaced by ***, for logs and banners."""
-    return re.sub(r"^(rediss?://[^:@/]*:)[^/]*@", r"\1***@", url)
-
-
 def local_password(data_dir: str | None) -> str:
     """The password of a local redis-server: random; kept (0600) in a persistent data_dir so that
     the same stack finds it again."""
@@ -79,12 +75,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_cluster_port() -> int:
+    """A free port p below 55536 whose cluster bus port p + 10000 is free too."""
+    import random
+    for _ in range(200):
+        port = random.randint(20000, 55535)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+    raise RedisServerError("no free port pair for a cluster node")
+
+
 class RedisServer:
     """A redis-server child process. maxmemory with volatile-lru: under memory pressure Redis
     evicts keys that have a TTL (KV blocks, job outputs) and never the documents (no TTL)."""
 
     def __init__(self, port: int | None = None, password: str | None = None, maxmemory: str = "2gb",
-                 data_dir: str | None = None, persist: bool = False, own_session: bool = False):
+                 data_dir: str | None = None, persist: bool = False, own_session: bool = False,
+                 extra_args: tuple[str, ...] = ()):
         self.port = port or free_port()
         self.password = password
         self.maxmemory = maxmemory
@@ -92,6 +104,7 @@ class RedisServer:
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="meshllm-redis-")
         self.own_session = own_session
+        self.extra_args = extra_args
         self.process: subprocess.Popen | None = None
 
     @property
@@ -108,7 +121,8 @@ class RedisServer:
         else:
             args += ["--appendonly", "no", "--save", ""]
         if self.password:
-            args += ["--requirepass", self.password]
+            args += ["--requirepass", self.password, "--masterauth", self.password]
+        args += list(self.extra_args)
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                         **(child_process_options() if self.own_session else {}))
         client = redis.Redis.from_url(self.url)
@@ -151,16 +165,115 @@ class RedisServer:
 
 
 def wait_for_redis(url: str, timeout: float = 30.0) -> None:
-    client = redis.Redis.from_url(url)
+    client = connect(url, socket_connect_timeout=2)
     deadline = time.monotonic() + timeout
     while True:
         try:
             client.ping()
             return
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
+        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.RedisClusterException, OSError):
             if time.monotonic() > deadline:
                 raise RedisServerError(f"no Redis at {url} after {timeout:.0f}s") from None
             time.sleep(0.2)
 
 
-__all__ = ["RedisServer", "RedisServerError", "redis_server_binary", "free_port", "wait_for_redis"]
+class LocalRedisCluster:
+    """A Redis Cluster of `primaries` primaries with `replicas` replicas each, every node a
+    redis-server child on a loopback port, created with `redis-cli --cluster create`: for the
+    tests (the suite's Redis-dependent tests run on it too) and the routing benchmark. A short
+    cluster-node-timeout makes a killed primary's replica take over within a few seconds."""
+
+    def __init__(self, primaries: int = 3, replicas: int = 1, password: str | None = None,
+                 maxmemory: str = "512mb", node_timeout_ms: int = 1500):
+        self.password = password
+        self.nodes = [RedisServer(port=free_cluster_port(), password=password, maxmemory=maxmemory, extra_args=(
+            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(node_timeout_ms), "--cluster-require-full-coverage", "no"))
+            for _ in range(primaries * (1 + replicas))]
+        self.primaries = primaries
+        self.replicas = replicas
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return "redis+cluster://" + auth + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:self.primaries])
+
+    def start(self, timeout: float = 30.0) -> LocalRedisCluster:
+        for node in self.nodes:
+            node.start()
+        cli = str(Path(redis_server_binary()).with_name("redis-cli"))
+        args = [cli, "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
+                "--cluster-replicas", str(self.replicas), "--cluster-yes"]
+        if self.password:
+            args[1:1] = ["-a", self.password, "--no-auth-warning"]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            self.stop()
+            raise RedisServerError(f"redis-cli --cluster create failed: {(done.stdout + done.stderr)[-800:]}")
+        deadline = time.monotonic() + timeout
+        while not self.healthy():
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RedisServerError("the Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+        return self
+
+    def _client(self, node: RedisServer) -> redis.Redis:
+        return redis.Redis(port=node.port, password=self.password, socket_timeout=2)
+
+    def healthy(self) -> bool:
+        """Every live node says cluster_state:ok and sees `primaries` primaries with slots."""
+        for node in self.nodes:
+            if node.process is None or node.process.poll() is not None:
+                continue
+            try:
+                info = self._client(node).cluster("info")
+            except redis.RedisError:
+                return False
+            if info.get("cluster_state") != "ok" or int(info.get("cluster_size", 0)) != self.primaries:
+                return False
+        return True
+
+    def role(self, node: RedisServer) -> str:
+        return self._client(node).info("replication")["role"]
+
+    def primary_of(self, key: str) -> RedisServer:
+        """The live node that serves `key`'s slot now."""
+        slot = self._client(self.live()[0]).cluster("keyslot", key)
+        for node in self.live():
+            if self.role(node) == "master":
+                for row in self._client(node).cluster("slots"):
+                    if row[0] <= slot <= row[1] and int(row[2][1]) == node.port:
+                        return node
+        raise RedisServerError(f"no live primary serves slot {slot}")
+
+    def live(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.process is not None and n.process.poll() is None]
+
+    def kill_primary_of(self, key: str, timeout: float = 30.0) -> RedisServer:
+        """SIGKILL the primary serving `key` and wait until its replica has taken over."""
+        victim = self.primary_of(key)
+        victim.kill()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.primary_of(key) is not victim and self.healthy():
+                    return victim
+            except (redis.RedisError, RedisServerError):
+                pass
+            if time.monotonic() > deadline:
+                raise RedisServerError("no replica took over the killed primary's slots")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+__all__ = ["RedisServer", "LocalRedisCluster", "RedisServerError", "redis_server_binary", "free_port", "wait_for_redis"]

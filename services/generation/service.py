@@ -33,6 +33,7 @@ from ..common.jobs import AsyncJobClient, JobFailed, JobSpec, OutputEvent
 from ..common.metrics import METRICS
 from ..common.tracing import current_traceparent
 from ..tokenizer.service import chat_from_pb
+from .router import KVRouter
 from .tools import NO_TOOLS, ToolPlan, ToolSupport, calls_of
 
 SERVICE = "meshllm.v1.Generation"
@@ -52,6 +53,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         self.tokenizer = llm.tokenizer
         self.config = llm.config
         self.jobs = jobs
+        self.router = KVRouter(jobs, jobs.config, llm.model.fingerprint)
         self.limits = limits
         self.grammars = GrammarCompiler(llm.tokenizer, llm.config.vocab_size)
         self.tools = ToolSupport(llm.tokenizer)
@@ -141,7 +143,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
             raise ServiceError(grpc.StatusCode.ALREADY_EXISTS, f"request_id {job_id!r} is already in use")
         spec = JobSpec.from_options(job_id, ids, options)
         spec.traceparent = current_traceparent()          # the worker's span continues this RPC's trace
-        await self.jobs.submit(spec)
+        await self.jobs.submit(spec, await self.router.route(ids))
         METRICS.prompt_tokens.inc(len(ids))
         return job_id, len(ids), tools
 
@@ -298,15 +300,15 @@ def _finish(response, event: OutputEvent, completion: int | None = None) -> None
 
 
 async def run(server_config, limits: GenerationLimits, redis_config, queue_config, model_path: str | None) -> None:
-    import redis.asyncio as aioredis
-
     from ..common.grpc_server import serve
     from ..common.keys import Keys
+    from ..common.redis_client import connect, replicated
 
     llm = LLM.load(model_path or None)
-    client = aioredis.Redis.from_url(redis_config.redis_url, max_connections=512, socket_connect_timeout=2,
-                                     health_check_interval=10)
-    jobs = AsyncJobClient(client, Keys(redis_config.key_prefix), queue_config)
+    client = connect(redis_config.redis_url, asyncio=True, max_connections=512, socket_connect_timeout=2,
+                     health_check_interval=10)
+    jobs = AsyncJobClient(client, Keys(redis_config.key_prefix), queue_config,
+                          replicated=replicated(redis_config.redis_url))
     servicer = GenerationServicer(llm, jobs, limits)
     # structured output's tokenizer, built beside start-up (a constraint that comes first waits for it)
     warming = asyncio.ensure_future(asyncio.to_thread(servicer.grammars.warm))

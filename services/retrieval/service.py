@@ -314,19 +314,19 @@ ASK_NEEDS_CHAT_MODEL = ("Ask needs an instruct model with a chat template, and {
 
 
 async def run(server_config, redis_config, retrieval_config: RetrievalConfig, model_path: str | None) -> None:
-    import redis.asyncio as aioredis
-
     from ..common.grpc_server import serve
     from ..common.keys import Keys
+    from ..common.redis_client import connect
 
     llm = LLM.load(model_path or None)             # first: a missing model fails before the encoder warms up
     if not llm.has_chat_template:
         log.warning(ASK_NEEDS_CHAT_MODEL.format(llm.config.name or model_path))
     encoder = SentenceEncoder.load()
     encoder.warm_up()
-    client = aioredis.Redis.from_url(redis_config.redis_url, max_connections=128, socket_connect_timeout=2)
-    servicer = RetrievalServicer(encoder, llm, DocumentStore(client, Keys(redis_config.key_prefix)),
-                                 retrieval_config)
+    client = connect(redis_config.redis_url, asyncio=True, max_connections=128, socket_connect_timeout=2)
+    store = DocumentStore(client, Keys(redis_config.key_prefix))
+    await store.migrate_legacy_keys()
+    servicer = RetrievalServicer(encoder, llm, store, retrieval_config)
     await serve(server_config, [SERVICE], lambda s: retrieval_pb2_grpc.add_RetrievalServicer_to_server(servicer, s),
                 servicer.ready)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..common.keys import Keys
+from ..common.redis_client import is_cluster
 
 
 def content_hash(text: str) -> str:
@@ -44,10 +45,59 @@ def indexed_text(context: str, text: str) -> str:
     return f"{context}\n{text}" if context else text
 
 
+class LegacyDocumentKeys:
+    """The document keys before the `{docs}` hash tag (migrate_legacy_keys renames them)."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.documents, self.chunks = f"{prefix}docs", f"{prefix}chunks"
+        self.documents_version = f"{prefix}docs:version"
+
+    def document(self, doc_id: str) -> str:
+        return f"{self.prefix}doc:{doc_id}"
+
+    def chunk(self, chunk_id: str) -> str:
+        return f"{self.prefix}chunk:{chunk_id}"
+
+    def content(self, digest: str) -> str:
+        return f"{self.prefix}content:{digest}"
+
+
 class DocumentStore:
     def __init__(self, client, keys: Keys):
         self.redis = client                  # redis.asyncio.Redis
         self.keys = keys
+
+    async def migrate_legacy_keys(self) -> int:
+        """Rename a document index written before the keys had their `{docs}` hash tag (on one
+        server, where RENAME works across slots): documents survive the upgrade. Returns how many
+        keys moved; 0 when there is nothing old, or when the new index already exists."""
+        if is_cluster(self.redis):
+            return 0
+        legacy = LegacyDocumentKeys(self.keys.prefix)
+        if not await self.redis.exists(legacy.documents) or await self.redis.exists(self.keys.documents):
+            return 0
+        doc_ids = [m.decode() for m in await self.redis.smembers(legacy.documents)]
+        chunk_ids = [m.decode() for m in await self.redis.smembers(legacy.chunks)]
+        pipe = self.redis.pipeline(transaction=False)
+        for doc_id in doc_ids:
+            pipe.hget(legacy.document(doc_id), "content_hash")
+        digests = [d.decode() for d in await pipe.execute() if d] if doc_ids else []
+        moves = [(legacy.documents, self.keys.documents), (legacy.chunks, self.keys.chunks),
+                 (legacy.documents_version, self.keys.documents_version)]
+        moves += [(legacy.document(d), self.keys.document(d)) for d in doc_ids]
+        moves += [(legacy.chunk(c), self.keys.chunk(c)) for c in chunk_ids]
+        moves += [(legacy.content(h), self.keys.content(h)) for h in digests]
+        pipe = self.redis.pipeline(transaction=True)
+        for old, _new in moves:
+            pipe.exists(old)
+        present = await pipe.execute()
+        moves = [m for m, here in zip(moves, present, strict=True) if here]
+        pipe = self.redis.pipeline(transaction=True)
+        for old, new in moves:
+            pipe.rename(old, new)
+        await pipe.execute()
+        return len(moves)
 
     async def document(self, doc_id: str) -> dict | None:
         raw = await self.redis.hgetall(self.keys.document(doc_id))

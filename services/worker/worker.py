@@ -25,9 +25,11 @@ from engine.llm import LLM
 from engine.llm_engine import EngineConfig, LLMEngine, RequestOutput
 
 from ..common.config import QueueConfig, RedisConfig, WorkerConfig
-from ..common.jobs import JobQueue, JobSpec, OutputEvent
+from ..common.jobs import JobEntry, JobQueue, JobSpec, OutputEvent
 from ..common.keys import Keys
 from ..common.kv_store import RedisBlockStore
+from ..common.redis_client import UNAVAILABLE as REDIS_UNAVAILABLE
+from ..common.redis_client import connect, replicated
 from ..common.tracing import JobSpan, job_span
 
 log = logging.getLogger("meshllm.worker")
@@ -37,7 +39,8 @@ REQUEST_ERRORS = (ValueError, TypeError)       # a job spec the engine refuses: 
 
 @dataclass
 class RunningJob:
-    entry_id: str                 # its entry in the jobs stream
+    entry: JobEntry               # its entry in the queue (the shared stream or a routed one)
+    leased: bool = False          # its reader renews a lease (a lapsed one cancels the job)
     span: JobSpan | None = None   # its trace span (None: tracing is off)
 
 
@@ -54,9 +57,9 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.config = config
         self.queue_config = queue_config
-        self.redis = redis.Redis.from_url(redis_config.redis_url, socket_timeout=10, socket_connect_timeout=5)
+        self.redis = connect(redis_config.redis_url, socket_timeout=10, socket_connect_timeout=5)
         self.keys = Keys(redis_config.key_prefix)
-        self.queue = JobQueue(self.redis, self.keys, queue_config)
+        self.queue = JobQueue(self.redis, self.keys, queue_config, replicated=replicated(redis_config.redis_url))
         store = RedisBlockStore(self.redis, self.keys, llm.model.fingerprint, config.kv_block_ttl_s) \
             if config.share_kv else None
         engine_config = EngineConfig(block_size=config.block_size, kv_cache_mb=config.kv_cache_mb,
@@ -68,6 +71,7 @@ class Worker:
         self._undelivered: list[Delivery] = []
         self._stopping = threading.Event()
         self._next_heartbeat = 0.0
+        self._blocks_synced = False                  # the published block set matches the cache
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -92,9 +96,9 @@ class Worker:
         delay = 0.2
         while not self._stopping.is_set():
             try:
-                self.queue.ensure_group()
+                self.queue.ensure_group(self.worker_id)
                 return
-            except (redis.ConnectionError, redis.TimeoutError) as e:
+            except REDIS_UNAVAILABLE as e:
                 log.warning("Redis unreachable (%s); retrying in %.1fs", e, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -102,15 +106,18 @@ class Worker:
     def _guarded(self, step) -> None:
         try:
             step()
-        except (redis.ConnectionError, redis.TimeoutError) as e:
+        except REDIS_UNAVAILABLE as e:
             log.warning("Redis unreachable (%s); holding %d jobs", e, len(self.jobs))
             time.sleep(0.5)
             self._next_heartbeat = 0.0
+            self._blocks_synced = False
         except redis.ResponseError as e:
             if "NOGROUP" not in str(e):
                 raise
-            # Redis came back without its data (no persistence): the job stream and group are new
-            log.warning("the job stream's consumer group is gone; recreating it")
+            # Redis came back without its data (no persistence), or this worker's routed stream was
+            # removed while its heartbeat had lapsed: the streams and groups are made anew
+            log.warning("a job stream's consumer group is gone; recreating it")
+            self._blocks_synced = False
             self._connect()
 
     # ------------------------------------------------------------------ one turn
@@ -125,12 +132,12 @@ class Worker:
             self._heartbeat()
             self._next_heartbeat = now + self.queue_config.heartbeat_ms / 1000
             if take_new:
-                for entry_id, spec in self.queue.claim_stale(self.worker_id, self._room()):
-                    self._start(entry_id, spec, claimed=True)
+                for entry, spec in self.queue.claim_stale(self.worker_id, self._room()):
+                    self._start(entry, spec, claimed=True)
         if take_new:
             block_ms = 0 if self.engine.has_work() else 100
-            for entry_id, spec in self.queue.read_new(self.worker_id, self._room(), block_ms):
-                self._start(entry_id, spec, claimed=False)
+            for entry, spec in self.queue.read_new(self.worker_id, self._room(), block_ms):
+                self._start(entry, spec, claimed=False)
         elif not self.engine.has_work():
             time.sleep(0.05)
         self._apply_cancellations()
@@ -146,11 +153,13 @@ class Worker:
         return max(0, self.engine.config.max_num_seqs - self.engine.num_running - self.engine.num_waiting)
 
     def _heartbeat(self) -> None:
-        self.queue.renew(self.worker_id, [job.entry_id for job in self.jobs.values()])
+        self.queue.renew(self.worker_id, [job.entry for job in self.jobs.values()])
+        self.queue.find_orphans(self.worker_id)
         stats = self.engine.stats
         info = {"model": self.engine.model.config.name, "fingerprint": self.engine.model.fingerprint,
                 "running": self.engine.num_running, "waiting": self.engine.num_waiting,
                 "kv_blocks_free": self.engine.pool.num_free_blocks, "kv_blocks": self.engine.pool.num_blocks,
+                "block_size": self.engine.pool.block_size, "max_num_seqs": self.engine.config.max_num_seqs,
                 "prefix_hit_rate": round(self.engine.kv.stats.hit_rate, 4),
                 "draft_tokens": stats.draft_tokens, "accepted_draft_tokens": stats.accepted_draft_tokens,
                 "verify_steps": stats.verify_steps, "kv_imported": stats.remote_blocks_imported,
@@ -162,18 +171,31 @@ class Worker:
         pipe.hset(key, mapping=info)
         pipe.pexpire(key, 3 * self.queue_config.heartbeat_ms)
         pipe.execute()
+        self._publish_blocks()
         if self.config.heartbeat_file:                       # reached only while Redis answers
             Path(self.config.heartbeat_file).touch()
 
-    def _start(self, entry_id: str, spec: JobSpec | None, claimed: bool) -> None:
+    def _publish_blocks(self) -> None:
+        """The prefix cache's changes since the last heartbeat into this worker's block set, which
+        the front-end's router reads; the whole cache after a start or a Redis outage."""
+        pool = self.engine.pool
+        if self._blocks_synced:
+            added, removed = pool.changes.take()
+            self.queue.publish_blocks(self.worker_id, added, removed, full=False)
+        else:
+            pool.changes.take()
+            self.queue.publish_blocks(self.worker_id, pool.cached_hashes(), [], full=True)
+            self._blocks_synced = True
+
+    def _start(self, entry: JobEntry, spec: JobSpec | None, claimed: bool) -> None:
         if spec is None:                                     # unreadable or deleted entry
-            self.queue.finish(entry_id, "-")
+            self.queue.finish(entry, "-")
             return
         job_id = spec.job_id
         self.queue.take_ownership(job_id, self.worker_id)
         resumed, final = self.queue.already_streamed(job_id) if claimed else ([], False)
         if final:
-            self.queue.finish(entry_id, job_id)
+            self.queue.finish(entry, job_id)
             return
         if claimed:
             log.info("took over job %s after %d streamed tokens", job_id, len(resumed))
@@ -182,11 +204,11 @@ class Worker:
             self.engine.add_request(job_id, spec.prompt_ids, spec.options(), resumed_output=resumed)
         except REQUEST_ERRORS as e:
             failure = OutputEvent.failure(len(resumed), str(e), "invalid_argument")
-            self.queue.write([(job_id, self.worker_id, [failure], entry_id)])
+            self.queue.write([(job_id, self.worker_id, [failure], entry, entry)])
             if span is not None:
                 span.record([failure])
             return
-        self.jobs[job_id] = RunningJob(entry_id, span)
+        self.jobs[job_id] = RunningJob(entry, spec.reader_lease_ms > 0, span)
 
     def _fail_all(self, message: str) -> list[Delivery]:
         deliveries = []
@@ -198,18 +220,21 @@ class Worker:
         return deliveries
 
     def _apply_cancellations(self) -> None:
-        for job_id in self.queue.cancelled(list(self.jobs)):
+        stop = self.queue.cancelled({job_id: job.leased for job_id, job in self.jobs.items()})
+        for job_id, why in stop.items():
+            if why == "abandoned":
+                log.info("job %s: its reader lease lapsed (nobody reads it); cancelling it", job_id)
             output = self.engine.abort(job_id)
             if output is not None:
                 self._deliver([_delivery(output)])
 
     def _deliver(self, deliveries: list[Delivery]) -> None:
         deliveries = [d for d in deliveries if d[0] in self.jobs]
-        batches = [(job_id, self.worker_id, events, self.jobs[job_id].entry_id if finished else None)
-                   for job_id, events, finished in deliveries]
+        batches = [(job_id, self.worker_id, events, self.jobs[job_id].entry if finished else None,
+                    self.jobs[job_id].entry) for job_id, events, finished in deliveries]
         try:
             written = self.queue.write(batches)
-        except (redis.ConnectionError, redis.TimeoutError):
+        except REDIS_UNAVAILABLE:
             self._undelivered = deliveries
             raise
         self._undelivered = []
