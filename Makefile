@@ -10,7 +10,7 @@ LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F1
 
 NODE_CLIENT := clients/node
 
-.PHONY: setup browser models run chat test bench bench-serving bench-retrieval bench-ask bench-load bench-faults bench-peers lint stubs clean
+.PHONY: setup browser models run chat test bench bench-serving bench-retrieval bench-ask bench-load bench-faults bench-routing bench-peers lint stubs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,10 @@ bench-load: setup
 # fault scenarios and the fuzz campaign, longer than in make test (docs/reliability.md)
 bench-faults: setup
 	$(BIN)/python bench/faults.py
+
+# KV-aware routing vs the any-worker queue: 2 and 4 workers, 64 clients, 8 shared system prompts
+bench-routing: setup
+	$(BIN)/python bench/bench_routing.py
 
 bench: setup
 	$(BIN)/python bench/bench_engine.py

@@ -63,10 +63,10 @@ def frontend_restart(args):
 
 
 def unread_streams(args):
-    # 48 of the worker's 64 sequence slots: an unread stream still holds its slot until its tokens
-    # are produced (into Redis), so 64 would leave no room for the other client this checks
-    return on_stack(lambda mesh, procs, _: faults.unread_streams(mesh, procs, streams=48, hold_s=30),
-                    corpus=False)
+    # 48 of the worker's 64 sequence slots: an unread stream holds its slot until gRPC's window is
+    # full and its reader lease (15 s) lapses, so 64 would leave no room for the other client this checks
+    return on_stack(lambda mesh, procs, _: faults.unread_streams(mesh, procs, streams=48, hold_s=30,
+                                                                 abandon_wait_s=180), corpus=False)
 
 
 def fuzz_campaign(args):

@@ -255,8 +255,11 @@ def frontend_restart(mesh: Mesh, procs: dict[str, Proc], service: str, kill: boo
 # ------------------------------------------------------------------------------ clients that never read
 
 def unread_streams(mesh: Mesh, procs: dict[str, Proc], streams: int = 32, hold_s: float = 10.0,
-                   max_new_tokens: int = 256) -> dict:
-    """Open streams asking for 20 alternatives per token and never read them."""
+                   max_new_tokens: int = 256, abandon_wait_s: float = 0.0) -> dict:
+    """Open streams asking for 20 alternatives per token and never read them. With abandon_wait_s,
+    then wait that long, still without reading or cancelling, for the workers to give the slots
+    back on their own: once gRPC's flow-control window is full the front-end stops reading the
+    job, its reader lease lapses and the worker cancels it (`abandoned_drained_s`, None if not)."""
     generation = procs["generation"]
     rss_before = generation.rss_mb()
     ch = open_channel(generation.address)
@@ -270,6 +273,11 @@ def unread_streams(mesh: Mesh, procs: dict[str, Proc], streams: int = 32, hold_s
         served = len(generation_pb2_grpc.GenerationStub(other).Generate(greedy_request("Hello", 4),
                                                                          timeout=120).token_ids) == 4
         other_latency = round(time.monotonic() - start, 2)
+    abandoned_drained_s = None
+    if abandon_wait_s:
+        start = time.monotonic()
+        if wait_until(lambda: outstanding_jobs(generation.address) == 0, abandon_wait_s, 0.5):
+            abandoned_drained_s = round(hold_s + time.monotonic() - start, 1)
     for call in calls:
         call.cancel()
     ch.close()
@@ -278,4 +286,5 @@ def unread_streams(mesh: Mesh, procs: dict[str, Proc], streams: int = 32, hold_s
             "generation_rss_mb_while_unread": rss_held,
             "rss_growth_mb": round((rss_held or 0) - (rss_before or 0), 1),
             "other_client_served": served, "other_client_latency_s": other_latency,
+            "abandoned_drained_s": abandoned_drained_s,
             "jobs_drained_after_cancel": drained, "processes_alive": {n: p.alive for n, p in procs.items()}}

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from engine.model_registry import DEFAULT_MODEL
 
-from .redis_client import parse_url
+from .redis_url import parse_url
 
 T = TypeVar("T")
 

@@ -17,78 +17,15 @@ cluster) and `scan_keys` (every primary of a cluster).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
 
 import redis
+
+from .redis_url import SCHEMES, RedisTarget, parse_url, redacted, replicated
 
 # What a Redis that is away (restarting, failing over, not reachable) raises: the caller holds its
 # work and retries, or answers UNAVAILABLE; never treated as the request's fault.
 UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.exceptions.ClusterError,
                redis.exceptions.TryAgainError, redis.exceptions.ReadOnlyError, redis.exceptions.RedisClusterException)
-
-SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://", "redis+sentinel://",
-           "rediss+sentinel://")
-
-
-@dataclass(frozen=True)
-class RedisTarget:
-    kind: str                           # "single", "cluster" or "sentinel"
-    url: str                            # for "single": the URL redis-py parses itself
-    hosts: tuple[tuple[str, int], ...] = ()
-    password: str | None = None
-    username: str | None = None
-    tls: bool = False
-    service_name: str = ""
-    db: int = 0
-
-
-def parse_url(url: str) -> RedisTarget:
-    """What a REDIS_URL names; ValueError with the reason if it names nothing we can reach."""
-    if not url.startswith(SCHEMES):
-        raise ValueError(f"bad Redis URL {url!r}: use one of {', '.join(s + '...' for s in SCHEMES)}")
-    scheme, rest = url.split("://", 1)
-    if "+" not in scheme:
-        return RedisTarget("single", url)
-    base, kind = scheme.split("+", 1)
-    netloc, _, path = rest.partition("/")
-    username = password = None
-    if "@" in netloc:
-        auth, netloc = netloc.rsplit("@", 1)
-        user, sep, secret = auth.partition(":")
-        username, password = (unquote(user) or None, unquote(secret)) if sep else (None, unquote(user))
-    hosts = []
-    for item in netloc.split(","):
-        host, sep, port = item.rpartition(":")
-        if not sep:
-            host, port = item, "26379" if kind == "sentinel" else "6379"
-        try:
-            hosts.append((host.strip("[]"), int(port)))
-        except ValueError:
-            raise ValueError(f"bad Redis URL {redacted(url)!r}: {item!r} is not host:port") from None
-    if not hosts or not all(h for h, _ in hosts):
-        raise ValueError(f"bad Redis URL {redacted(url)!r}: no host")
-    parts = [p for p in urlsplit("x://h/" + path).path.split("/") if p]
-    if kind == "sentinel":
-        if not parts:
-            raise ValueError(f"bad Redis URL {redacted(url)!r}: name the Sentinel service "
-                             "(redis+sentinel://host:26379/mymaster)")
-        db = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-        return RedisTarget("sentinel", url, tuple(hosts), password, username, base == "rediss", parts[0], db)
-    if parts and parts != ["0"]:
-        raise ValueError(f"bad Redis URL {redacted(url)!r}: a Redis Cluster has only database 0")
-    return RedisTarget("cluster", url, tuple(hosts), password, username, base == "rediss")
-
-
-def redacted(url: str) -> str:
-    """The URL with its password (if any) replaced by ***, for logs and banners."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
-        return url
-    auth, _, tail = rest.partition("@")
-    user, colon, _secret = auth.partition(":")
-    return f"{scheme}://{user}:***@{tail}" if colon else f"{scheme}://***@{tail}"
-
 
 def connect(url: str, *, asyncio: bool = False, **options):
     """A client for `url`: redis.Redis / RedisCluster (sync) or their redis.asyncio twins. `options`
@@ -154,12 +91,6 @@ async def scan_keys_async(client, pattern: str) -> list[bytes]:
         async for key in client.scan_iter(match=pattern, count=500):
             found.add(key)
     return sorted(found)
-
-
-def replicated(url: str) -> bool:
-    """Whether the URL names a replicated deployment (a cluster or a Sentinel-managed primary),
-    where an accepted write waits for a replica: a failover then promotes a replica holding it."""
-    return parse_url(url).kind != "single"
 
 
 class ReplicaWait:

@@ -1,0 +1,153 @@
+"""KV-aware routing against the any-worker queue, on a real mesh. Prints JSON.
+
+    python bench/bench_routing.py [--workers 2 4] [--clients 64] [--requests 2] [--kv-cache-mb 320]
+
+For each worker count and each mode (routing on, off: MESHLLM_KV_ROUTING), a fresh redis-server,
+Generation front-end and N workers (one kernel thread each, shared KV through Redis on, as in
+production). 8 system prompts of ~1000 tokens; first each is sent once (warm-up: the fleet has
+computed every prefix, Redis holds their blocks); then `clients` concurrent clients each send
+`requests` requests (a random system prompt + its own question, 16 greedy tokens) by streaming
+gRPC. Reports TTFT p50/p99 (request sent -> first token received), aggregate generated tok/s
+(tokens / wall time of the measured phase) and the mean share of prompt tokens served from a
+prefix cache, per mode, and the ratios.
+
+Each worker's KV pool (--kv-cache-mb) holds about 5 of the 8 prefixes (SmolLM2-135M keeps 46 KB
+per token): with routing each worker only needs its own share of them, without it every worker
+cycles through all 8 (evicting, then importing from Redis or recomputing).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_engine import cpu_name  # noqa: E402
+
+WORDS = ("river city market grain salt cloth harbor bridge tower council winter harvest ledger merchant "
+         "caravan lantern archive garden temple scholar map compass voyage mountain valley forest meadow "
+         "treaty festival workshop engine signal letter railway station observatory library museum").split()
+
+
+def system_prompts(n: int, words: int, seed: int = 7) -> list[str]:
+    rng = random.Random(seed)
+    return [f"You are assistant number {k}. Background notes follow.\n" +
+            " ".join(rng.choice(WORDS) for _ in range(words)) for k in range(n)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def run_mode(workers: int, routing: bool, prompts: list[str], clients: int, requests: int, kv_cache_mb: int,
+             max_new: int) -> dict:
+    from harness.faults import greedy_request
+    from harness.mesh import Mesh, channel
+    from services.api import generation_pb2_grpc
+    from services.common.redis_server import RedisServer
+
+    server = RedisServer(maxmemory="4gb").start()
+    mesh = Mesh(server.url, f"br{uuid.uuid4().hex[:6]}:", env_extra={
+        "MESHLLM_KV_CACHE_MB": kv_cache_mb, "MESHLLM_THREADS": 1, "MESHLLM_KV_ROUTING": str(routing).lower(),
+        "MESHLLM_MAX_QUEUE_LEN": 1024, "MESHLLM_MAX_NUM_SEQS": 64})
+    try:
+        generation = mesh.service("generation")
+        for _ in range(workers):
+            mesh.worker()
+        with channel(generation) as ch:
+            stub = generation_pb2_grpc.GenerationStub(ch)
+            for p in prompts:                                   # warm-up: every prefix computed once
+                stub.Generate(greedy_request(p + "\nQuestion: warm up.", 1), timeout=600)
+        time.sleep(1.0)                                         # heartbeats publish the caches
+        ttfts: list[float] = []
+        cached: list[float] = []
+        tokens = [0]
+        errors: list[str] = []
+        lock = threading.Lock()
+
+        def client(c: int) -> None:
+            rng = random.Random(1000 + c)
+            with channel(generation) as ch:
+                stub = generation_pb2_grpc.GenerationStub(ch)
+                for r in range(requests):
+                    prompt = rng.choice(prompts) + f"\nQuestion {c}.{r}: what does note {rng.randint(1, 99)} say?"
+                    sent = time.perf_counter()
+                    first = None
+                    n, share = 0, 0.0
+                    try:
+                        for reply in stub.GenerateStream(greedy_request(prompt, max_new), timeout=900):
+                            if reply.token_ids and first is None:
+                                first = time.perf_counter() - sent
+                            n += len(reply.token_ids)
+                            if reply.usage.prompt_tokens:
+                                share = reply.usage.cached_prompt_tokens / reply.usage.prompt_tokens
+                    except Exception as e:                       # noqa: BLE001 - counted and reported
+                        with lock:
+                            errors.append(type(e).__name__)
+                        continue
+                    with lock:
+                        ttfts.append(first)
+                        cached.append(share)
+                        tokens[0] += n
+
+        threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        return {"workers": workers, "routing": routing, "requests": len(ttfts), "errors": errors,
+                "ttft_p50_s": round(percentile(ttfts, 0.5), 3), "ttft_p99_s": round(percentile(ttfts, 0.99), 3),
+                "ttft_mean_s": round(statistics.mean(ttfts), 3), "tokens_per_s": round(tokens[0] / wall, 1),
+                "wall_s": round(wall, 1), "cached_prompt_share": round(statistics.mean(cached), 3)}
+    finally:
+        mesh.stop()
+        server.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workers", type=int, nargs="+", default=[2, 4])
+    ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--requests", type=int, default=2, help="requests per client")
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--prompt-words", type=int, default=900, help="~1.1 tokens per word with SmolLM2")
+    ap.add_argument("--kv-cache-mb", type=int, default=320)
+    ap.add_argument("--max-new-tokens", type=int, default=16)
+    args = ap.parse_args()
+    import os
+
+    from engine.llm import LLM
+    from engine.model_registry import SMOLLM2
+    os.environ.setdefault("MESHLLM_MODEL", SMOLLM2)
+    prompts = system_prompts(args.prompts, args.prompt_words)
+    tokenizer = LLM.load(os.environ["MESHLLM_MODEL"]).tokenizer
+    lengths = [len(tokenizer.encode(p)) for p in prompts]
+    results = []
+    for workers in args.workers:
+        pair = {}
+        for routing in (False, True):
+            pair[routing] = run_mode(workers, routing, prompts, args.clients, args.requests, args.kv_cache_mb,
+                                     args.max_new_tokens)
+            print(json.dumps(pair[routing]), file=sys.stderr)
+        results.append({"workers": workers, "any_worker": pair[False], "routed": pair[True],
+                        "ttft_p50_ratio": round(pair[False]["ttft_p50_s"] / pair[True]["ttft_p50_s"], 2),
+                        "ttft_p99_ratio": round(pair[False]["ttft_p99_s"] / pair[True]["ttft_p99_s"], 2),
+                        "throughput_ratio": round(pair[True]["tokens_per_s"] / pair[False]["tokens_per_s"], 2)})
+    print(json.dumps({"bench": "routing", "cpu": cpu_name(),
+                      "model": os.environ["MESHLLM_MODEL"], "system_prompt_tokens": lengths,
+                      "clients": args.clients, "requests_per_client": args.requests,
+                      "kv_cache_mb_per_worker": args.kv_cache_mb, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
