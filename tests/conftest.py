@@ -92,9 +92,27 @@ def rng() -> np.random.Generator:
 
 # ---------------------------------------------------------------------------- Redis and workers
 
-# Every Redis-dependent test runs twice: on one redis-server and on a Redis Cluster of 3 primaries
-# with a replica each (MESHLLM_TEST_REDIS=single or cluster runs one of them).
+# Every Redis-dependent test runs on one redis-server; the tests of what the key layout, the
+# queue and the KV store do also run on a Redis Cluster of 3 primaries with a replica each.
+# MESHLLM_TEST_REDIS=cluster runs every Redis-dependent test on the cluster, =single none there.
 REDIS_KINDS = [k for k in ("single", "cluster") if os.environ.get("MESHLLM_TEST_REDIS", k) == k]
+CLUSTER_MODULES = {"test_worker", "test_grpc_services", "test_kv_routing", "test_redis_deployments",
+                   "test_reliability", "test_retrieval", "test_engine_serving", "test_tracing"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Leave out the cluster variant of the service-level tests (HTTP, fuzzing, clients) in the
+    default run: they exercise the same queue and store code the modules above test on a cluster."""
+    if os.environ.get("MESHLLM_TEST_REDIS") == "cluster":
+        return
+    kept, dropped = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        on_cluster = params.get("redis_server") == "cluster"
+        (dropped if on_cluster and item.module.__name__.rsplit(".", 1)[-1] not in CLUSTER_MODULES else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session", params=REDIS_KINDS)

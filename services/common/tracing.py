@@ -162,8 +162,10 @@ class JobSpan:
                                        start_time=int(submitted * 1e9), attributes=attributes)
         self.generated_tokens = 0
 
-    def record(self, events, lost: bool = False) -> None:
-        """Count the written events' tokens; end the span at the final one, or when the job was lost."""
+    def record(self, events, lost: bool = False, written_ns: int | None = None) -> None:
+        """Count the written events' tokens; end the span at the final one, or when the job was lost.
+        written_ns: when the write began, the span's end (the reader may see the final event before
+        the write returns, e.g. while it waits for a replica)."""
         self.generated_tokens += sum(e.token_id is not None for e in events)
         final = next((e for e in events if e.is_final), None)
         if final is None and not lost:
@@ -176,7 +178,7 @@ class JobSpan:
                                       "meshllm.cached_prompt_tokens": final.cached_prompt_tokens})
             if final.error:
                 self.span.set_status(Status(StatusCode.ERROR, f"{final.error_code}: {final.error}"))
-        self.span.end()
+        self.span.end(end_time=written_ns)
 
 
 def job_span(spec, resumed_tokens: int = 0) -> JobSpan | None:

@@ -232,6 +232,7 @@ class Worker:
         deliveries = [d for d in deliveries if d[0] in self.jobs]
         batches = [(job_id, self.worker_id, events, self.jobs[job_id].entry if finished else None,
                     self.jobs[job_id].entry) for job_id, events, finished in deliveries]
+        written_ns = time.time_ns()
         try:
             written = self.queue.write(batches)
         except REDIS_UNAVAILABLE:
@@ -241,7 +242,7 @@ class Worker:
         for (job_id, events, finished), ok in zip(deliveries, written, strict=True):
             span = self.jobs[job_id].span
             if span is not None:
-                span.record(events, lost=not ok)
+                span.record(events, lost=not ok, written_ns=written_ns)
             if not ok:                                       # another worker owns it now
                 log.warning("lost job %s to another worker; dropping it", job_id)
                 self.engine.abort(job_id)
