@@ -117,13 +117,15 @@ class Mesh:
             self.wait_serving(proc)
         return proc
 
-    def worker(self, wait: bool = True, **env_extra) -> Proc:
+    def worker(self, wait: bool = True, register_timeout_s: float = 120, **env_extra) -> Proc:
+        """Start a worker; with wait, until it registers (a cold kernel cache compiles first: give a
+        benchmark on fresh code a longer register_timeout_s)."""
         client = connect(self.redis_url)
         pattern = Keys(self.key_prefix).workers_pattern
         before = set(scan_keys(client, pattern))
         proc = self._spawn("worker", ["worker"], self.env(**env_extra))
         if wait:
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + register_timeout_s
             while not set(scan_keys(client, pattern)) - before:
                 self.check(proc)
                 assert time.monotonic() < deadline, "the worker did not register"

@@ -1,5 +1,6 @@
 """Workers as processes: a real redis-server, `meshllm worker` subprocesses, jobs through the queue."""
 import signal
+import threading
 import time
 import uuid
 
@@ -144,3 +145,37 @@ def test_a_job_nobody_reads_is_cancelled_when_its_reader_lease_lapses(redis_clie
     written = raw_events(lapsing, job)
     assert written[-1].finish_reason == "cancelled" and len(written) < 2000
     assert lapsing.outstanding() == 0
+
+
+def test_a_worker_busy_in_one_long_step_keeps_its_job(queue, spawn_worker, llm):
+    """One engine step many times claim_idle_ms long (a 3,000-token prefill in one chunk on one
+    thread): the worker's keepalive thread renews its heartbeat and the job meanwhile, so a second
+    worker, up during that step, takes nothing over, and every event is written once."""
+    slow = {"MESHLLM_THREADS": 1, "MESHLLM_MAX_NUM_BATCHED_TOKENS": 4096, "MESHLLM_KV_CACHE_MB": 256}
+    spawn_worker(**slow)
+    ids = llm.encode("The history of the city goes back many centuries, to a small settlement on the river. " * 170)
+    assert len(ids) > 3000
+    started = time.monotonic()
+    job = submit(queue, ids, RequestOptions(GREEDY, StoppingCriteria(4, ignore_eos=True)))
+    owner_key = queue.keys.job_owner(job)
+    while queue.redis.get(owner_key) is None:
+        assert time.monotonic() - started < 30, "no worker took the job"
+        time.sleep(0.02)
+    owners, done = {queue.redis.get(owner_key)}, threading.Event()
+
+    def watch_owner():                                             # until the job ends (and its key goes)
+        while not done.is_set():
+            owners.add(queue.redis.get(owner_key))
+            time.sleep(0.02)
+    watcher = threading.Thread(target=watch_owner)
+    watcher.start()
+    spawn_worker(**slow)                                           # registers while the long step runs
+    events = list(queue.events(job, timeout_s=180))
+    first_token_s = time.monotonic() - started
+    done.set()
+    watcher.join()
+    assert first_token_s > 3 * queue.config.claim_idle_ms / 1000, "the step was not long enough to test this"
+    assert len(owners - {None}) == 1                               # never taken over
+    written = raw_events(queue, job)
+    assert [e.index for e in written] == list(range(len(written))) and len(events) == 4
+    assert queue.outstanding() == 0

@@ -4,6 +4,7 @@ their tokens back, and shares the prefix KV blocks it computes.
 Loop: renew this worker's jobs and claim dead workers' (every heartbeat) -> take as many new jobs
 as the engine has room for -> apply cancellations -> one engine step -> write each job's new
 events (fenced by ownership) -> end the jobs that finished (ack and delete their queue entry).
+A keepalive thread renews the heartbeat key and the jobs' entries during long engine steps.
 
 A worker that loses Redis keeps its engine state and the events it could not write, retries with
 back-off, and does not step (so nothing is generated that cannot be delivered).
@@ -46,6 +47,49 @@ class RunningJob:
 
 Delivery = tuple[str, list[OutputEvent], bool]          # (job id, events to append, job finished)
 
+# A main loop without a turn for this long is wedged: the keepalive stops vouching for it, so that
+# its jobs are taken over (a real engine step takes seconds at most: a 2,048-token prefill on one core).
+STALLED_AFTER_S = 60.0
+
+
+class Keepalive:
+    """Renews the worker's heartbeat key and its jobs' queue entries every heartbeat from a thread
+    of its own. The main loop renews them too, but only between engine steps: one long step (a
+    long prefill, many sequences on one core) would otherwise let the key lapse and the jobs go
+    idle past claim_idle_ms, and other workers would take over jobs that are running (and the
+    owner then drop them: work done twice, under exactly the load where it hurts most)."""
+
+    def __init__(self, worker: Worker):
+        self.worker = worker
+        self.entries: list[JobEntry] = []            # the main loop's running jobs, replaced each turn
+        self.last_turn = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="keepalive", daemon=True)
+
+    def turn(self, entries: list[JobEntry]) -> None:
+        """The main loop's report: it is alive, and these are its jobs."""
+        self.entries = entries
+        self.last_turn = time.monotonic()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        worker = self.worker
+        period = worker.queue_config.heartbeat_ms / 1000
+        while not self._stop.wait(period):
+            if time.monotonic() - self.last_turn > STALLED_AFTER_S:
+                continue
+            try:
+                worker.queue.renew(worker.worker_id, self.entries)
+                worker.redis.pexpire(worker.keys.worker(worker.worker_id), 3 * worker.queue_config.heartbeat_ms)
+            except REDIS_UNAVAILABLE:                # the main loop reports and rides out outages
+                pass
+
 
 def _delivery(output: RequestOutput) -> Delivery:
     return output.request_id, [OutputEvent.from_token_event(e, e.index) for e in output.events], output.finished
@@ -72,6 +116,7 @@ class Worker:
         self._stopping = threading.Event()
         self._next_heartbeat = 0.0
         self._blocks_synced = False                  # the published block set matches the cache
+        self.keepalive = Keepalive(self)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -81,11 +126,15 @@ class Worker:
         self._connect()
         log.info("worker %s serving (model %s, %d KV blocks)", self.worker_id, self.engine.model.config.name,
                  self.engine.pool.num_blocks)
-        while not self._stopping.is_set():
-            self._guarded(self.run_once)
-        deadline = time.monotonic() + drain_timeout_s
-        while self.engine.has_work() and time.monotonic() < deadline:
-            self._guarded(lambda: self.run_once(take_new=False))
+        self.keepalive.start()
+        try:
+            while not self._stopping.is_set():
+                self._guarded(self.run_once)
+            deadline = time.monotonic() + drain_timeout_s
+            while self.engine.has_work() and time.monotonic() < deadline:
+                self._guarded(lambda: self.run_once(take_new=False))
+        finally:
+            self.keepalive.stop()                    # what is left unfinished can be taken over now
         self.engine.close()
         log.info("worker %s stopped with %d jobs unfinished", self.worker_id, len(self.jobs))
 
@@ -141,6 +190,7 @@ class Worker:
         elif not self.engine.has_work():
             time.sleep(0.05)
         self._apply_cancellations()
+        self.keepalive.turn([job.entry for job in self.jobs.values()])
         try:
             deliveries = [_delivery(o) for o in self.engine.step()]
         except Exception as e:                                # an engine bug: answer, never go silent
