@@ -65,9 +65,9 @@ bench-ask: setup
 	$(BIN)/meshllm models install $(if $(ASK_MODEL),$(ASK_MODEL),)
 	$(BIN)/python bench/bench_ask.py --split heldout $(if $(ASK_MODEL),--model $(ASK_MODEL),)
 
-# 32 streaming clients for 5 minutes against a local stack (docs/reliability.md)
+# 32 streaming clients for 5 minutes against a local stack with 2 workers (docs/reliability.md)
 bench-load: setup
-	$(BIN)/python bench/load.py --clients 32 --duration 300
+	$(BIN)/python bench/load.py --clients 32 --duration 300 --workers 2
 
 # fault scenarios and the fuzz campaign, longer than in make test (docs/reliability.md)
 bench-faults: setup

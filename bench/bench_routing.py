@@ -1,6 +1,6 @@
 """KV-aware routing against the any-worker queue, on a real mesh. Prints JSON.
 
-    python bench/bench_routing.py [--workers 2 4] [--clients 64] [--requests 2] [--kv-cache-mb 320]
+    python bench/bench_routing.py [--workers 2 4] [--clients 64] [--requests 2] [--kv-cache-mb 320] [--rate R]
 
 For each worker count and each mode (routing on, off: MESHLLM_KV_ROUTING), a fresh redis-server,
 Generation front-end and N workers (one kernel thread each, shared KV through Redis on, as in
@@ -10,6 +10,12 @@ computed every prefix, Redis holds their blocks); then `clients` concurrent clie
 gRPC. Reports TTFT p50/p99 (request sent -> first token received), aggregate generated tok/s
 (tokens / wall time of the measured phase) and the mean share of prompt tokens served from a
 prefix cache, per mode, and the ratios.
+
+--rate R (requests/s) sends the same requests open-loop instead, as vLLM's benchmark_serving does:
+Poisson arrivals at R per second, at most `clients` in flight; a request's TTFT then counts from
+its scheduled arrival, so time spent waiting for a free client (the fleet falling behind the
+offered load) is in it. Closed-loop (the default) measures the saturated fleet, where every
+client's TTFT is mostly the queue ahead of it.
 
 Each worker's KV pool (--kv-cache-mb) holds about 5 of the 8 prefixes (SmolLM2-135M keeps 46 KB
 per token): with routing each worker only needs its own share of them, without it every worker
@@ -47,8 +53,18 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
+def arrivals(n: int, rate: float, seed: int) -> list[float]:
+    """n Poisson arrival times (seconds from the start) at `rate` per second."""
+    rng = random.Random(seed)
+    t, times = 0.0, []
+    for _ in range(n):
+        t += rng.expovariate(rate)
+        times.append(t)
+    return times
+
+
 def run_mode(workers: int, routing: bool, prompts: list[str], clients: int, requests: int, kv_cache_mb: int,
-             max_new: int) -> dict:
+             max_new: int, rate: float = 0.0) -> dict:
     from harness.faults import greedy_request
     from harness.mesh import Mesh, channel
     from services.api import generation_pb2_grpc
@@ -57,11 +73,12 @@ def run_mode(workers: int, routing: bool, prompts: list[str], clients: int, requ
     server = RedisServer(maxmemory="4gb").start()
     mesh = Mesh(server.url, f"br{uuid.uuid4().hex[:6]}:", env_extra={
         "MESHLLM_KV_CACHE_MB": kv_cache_mb, "MESHLLM_THREADS": 1, "MESHLLM_KV_ROUTING": str(routing).lower(),
-        "MESHLLM_MAX_QUEUE_LEN": 1024, "MESHLLM_MAX_NUM_SEQS": 64})
+        "MESHLLM_MAX_QUEUE_LEN": 1024, "MESHLLM_MAX_NUM_SEQS": 64,
+        "MESHLLM_HEARTBEAT_MS": 1000, "MESHLLM_CLAIM_IDLE_MS": 5000})     # production's, not the tests' short ones
     try:
         generation = mesh.service("generation")
         for _ in range(workers):
-            mesh.worker()
+            mesh.worker(register_timeout_s=900)             # the first run may compile the kernels
         with channel(generation) as ch:
             stub = generation_pb2_grpc.GenerationStub(ch)
             for p in prompts:                                   # warm-up: every prefix computed once
@@ -73,13 +90,20 @@ def run_mode(workers: int, routing: bool, prompts: list[str], clients: int, requ
         errors: list[str] = []
         lock = threading.Lock()
 
+        schedule = arrivals(clients * requests, rate, seed=5) if rate else None
+        next_request = iter(range(clients * requests))
+        t0 = time.perf_counter()
+
         def client(c: int) -> None:
             rng = random.Random(1000 + c)
             with channel(generation) as ch:
                 stub = generation_pb2_grpc.GenerationStub(ch)
-                for r in range(requests):
+                for r in range(requests) if schedule is None else iter(lambda: next(next_request, None), None):
                     prompt = rng.choice(prompts) + f"\nQuestion {c}.{r}: what does note {rng.randint(1, 99)} say?"
                     sent = time.perf_counter()
+                    if schedule is not None:                     # open loop: from the request's arrival
+                        sent = t0 + schedule[r]
+                        time.sleep(max(0.0, sent - time.perf_counter()))
                     first = None
                     n, share = 0, 0.0
                     try:
@@ -99,13 +123,12 @@ def run_mode(workers: int, routing: bool, prompts: list[str], clients: int, requ
                         tokens[0] += n
 
         threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-        t0 = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
-        return {"workers": workers, "routing": routing, "requests": len(ttfts), "errors": errors,
+        return {"workers": workers, "routing": routing, "rate": rate or None, "requests": len(ttfts), "errors": errors,
                 "ttft_p50_s": round(percentile(ttfts, 0.5), 3), "ttft_p99_s": round(percentile(ttfts, 0.99), 3),
                 "ttft_mean_s": round(statistics.mean(ttfts), 3), "tokens_per_s": round(tokens[0] / wall, 1),
                 "wall_s": round(wall, 1), "cached_prompt_share": round(statistics.mean(cached), 3)}
@@ -123,6 +146,7 @@ def main() -> None:
     ap.add_argument("--prompt-words", type=int, default=900, help="~1.1 tokens per word with SmolLM2")
     ap.add_argument("--kv-cache-mb", type=int, default=320)
     ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--rate", type=float, default=0.0, help="open loop: Poisson arrivals per second (0: closed loop)")
     args = ap.parse_args()
     import os
 
@@ -137,7 +161,7 @@ def main() -> None:
         pair = {}
         for routing in (False, True):
             pair[routing] = run_mode(workers, routing, prompts, args.clients, args.requests, args.kv_cache_mb,
-                                     args.max_new_tokens)
+                                     args.max_new_tokens, args.rate)
             print(json.dumps(pair[routing]), file=sys.stderr)
         results.append({"workers": workers, "any_worker": pair[False], "routed": pair[True],
                         "ttft_p50_ratio": round(pair[False]["ttft_p50_s"] / pair[True]["ttft_p50_s"], 2),
@@ -145,7 +169,7 @@ def main() -> None:
                         "throughput_ratio": round(pair[True]["tokens_per_s"] / pair[False]["tokens_per_s"], 2)})
     print(json.dumps({"bench": "routing", "cpu": cpu_name(),
                       "model": os.environ["MESHLLM_MODEL"], "system_prompt_tokens": lengths,
-                      "clients": args.clients, "requests_per_client": args.requests,
+                      "clients": args.clients, "requests_per_client": args.requests, "rate": args.rate or None,
                       "kv_cache_mb_per_worker": args.kv_cache_mb, "results": results}, indent=1))
 
 
