@@ -37,6 +37,15 @@ def redis_data_dir() -> str:
     return path
 
 
+
+def worker_threads(workers: int, configured: str | None, cores: int) -> int | None:
+    """Kernel threads for each of `workers` local workers: the cores shared out, unless
+    MESHLLM_THREADS says otherwise (None: leave it). Two workers spinning two OpenMP threads each
+    on two cores served a ninth of one worker's tokens (the threads busy-wait for each other)."""
+    if workers <= 1 or configured:
+        return None
+    return max(1, cores // workers)
+
 class Stack:
     def __init__(self, args, model_path: str, model_name: str | None = None):
         self.args = args
@@ -75,8 +84,12 @@ class Stack:
             env["MESHLLM_FAST"] = "1"
         for service in SERVICES:
             self.spawn(service, ["serve", service], env)
+        worker_env = dict(env)
+        threads = worker_threads(self.args.workers, env.get("MESHLLM_THREADS"), len(os.sched_getaffinity(0)))
+        if threads:
+            worker_env["MESHLLM_THREADS"] = str(threads)
         for i in range(self.args.workers):
-            self.spawn(f"worker-{i + 1}", ["worker"], env)
+            self.spawn(f"worker-{i + 1}", ["worker"], worker_env)
         endpoints = {"redis": redis_url, **{s: f"{self.args.host}:{DEFAULT_PORTS[s]}" for s in SERVICES}}
         if self.openai:
             gateway_env = dict(env)

@@ -150,3 +150,13 @@ def test_meshllm_model_takes_a_path_as_well_as_a_name(hf_reference, smollm2_path
                        "The capital of France is")
     assert out.returncode == 0, out.stderr
     assert out.stdout and hf_reference["raw"][0]["greedy_text"].startswith(out.stdout)
+
+
+@pytest.mark.parametrize("workers, configured, cores, threads", [
+    (1, None, 2, None),          # one worker: all the cores (numba's default)
+    (2, None, 2, 1), (3, None, 16, 5), (4, None, 2, 1),
+    (2, "2", 2, None),           # MESHLLM_THREADS set: left as it is
+])
+def test_meshllm_up_shares_the_cores_out_among_its_workers(workers, configured, cores, threads):
+    from services.launcher import worker_threads
+    assert worker_threads(workers, configured, cores) == threads
