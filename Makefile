@@ -67,11 +67,11 @@ bench-ask: setup
 
 # 32 streaming clients for 5 minutes against a local stack with 2 workers (docs/reliability.md)
 bench-load: setup
-	$(BIN)/python bench/load.py --clients 32 --duration 300 --workers 2
+	MESHLLM_MODEL=smollm2-135m-instruct $(BIN)/python bench/load.py --clients 32 --duration 300 --workers 2
 
 # fault scenarios and the fuzz campaign, longer than in make test (docs/reliability.md)
 bench-faults: setup
-	$(BIN)/python bench/faults.py
+	MESHLLM_MODEL=smollm2-135m-instruct $(BIN)/python bench/faults.py
 
 # KV-aware routing vs the any-worker queue: 2 and 4 workers, 64 clients, 8 shared system prompts
 bench-routing: setup
