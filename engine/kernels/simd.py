@@ -448,9 +448,10 @@ def vlane(typingctx, v, j):
     return types.float32(v, j), codegen
 
 
-def _k_scales_typer(mins: bool):
+def _k_scales_typer(mins: bool, paired: bool = False):
     """The eight 6-bit scales (mins=False) or mins (mins=True) of the Q4_K/Q5_K super-block at byte
-    o, in lanes 0..7; lanes 8..15 are 0. GGML packs them in 12 bytes at o+4, as
+    o, in lanes 0..7 and lanes 8..15 0 (q4_k_scales, q4_k_mins); or each in lanes 2j and 2j+1,
+    one lane per 16 weights (q4_k_scales_x2, q4_k_mins_x2). GGML packs them in 12 bytes at o+4, as
     scale j<4: b[j] & 63          min j<4: b[j+4] & 63
     scale j>=4: b[j+4] & 15 | (b[j-4] >> 6) << 4     min j>=4: b[j+4] >> 4 | (b[j] >> 6) << 4
     so a shuffle of the 16 bytes at o+4 (12 scale bytes and 4 of the quants, never read) lines
@@ -476,7 +477,8 @@ def _k_scales_typer(mins: bool):
             low = builder.and_(low, const([63] * 4 + [15] * 4 + [0] * 8))
             high = builder.and_(builder.shl(builder.lshr(high, const([6] * 16)), const([4] * 16)),
                                 const([0] * 4 + [0x30] * 4 + [0] * 8))
-            return builder.or_(low, high)
+            lanes = builder.or_(low, high)
+            return builder.shuffle_vector(lanes, lanes, const([j // 2 for j in range(LANES)])) if paired else lanes
         return i32x16(arr, idx), codegen
     return typer
 
@@ -485,6 +487,10 @@ q4_k_scales = intrinsic(_k_scales_typer(False))
 q4_k_scales.__doc__ = _k_scales_typer.__doc__
 q4_k_mins = intrinsic(_k_scales_typer(True))
 q4_k_mins.__doc__ = _k_scales_typer.__doc__
+q4_k_scales_x2 = intrinsic(_k_scales_typer(False, paired=True))
+q4_k_scales_x2.__doc__ = _k_scales_typer.__doc__
+q4_k_mins_x2 = intrinsic(_k_scales_typer(True, paired=True))
+q4_k_mins_x2.__doc__ = _k_scales_typer.__doc__
 
 
 __all__ = [
@@ -492,5 +498,6 @@ __all__ = [
     "load_f16x16", "load_bf16x16", "load_f16", "load_f16_tail", "load_f16_pair", "load_f32", "load_bits16",
     "vadd", "vsub", "vmul", "vdiv", "vfma",
     "vmax", "vabs", "vcopysign", "hsum", "store_hsum4", "hmax",
-    "vexp", "iand", "ishr", "ishl", "isub", "ior", "itof", "vlane", "q4_k_scales", "q4_k_mins",
+    "vexp", "iand", "ishr", "ishl", "isub", "ior", "itof", "vlane", "q4_k_scales", "q4_k_mins", "q4_k_scales_x2",
+    "q4_k_mins_x2",
 ]

@@ -83,20 +83,29 @@ def load_nibbles(typingctx, arr, idx):
     return u8x32(arr, idx), codegen
 
 
-@intrinsic
-def load_bits32(typingctx, arr, idx, value):
+def _bits32_typer(where_set: bool):
     """The 32 bits of the little-endian u32 at byte idx as bytes: byte i = value where bit i is set,
-    else 0 (the fifth bits of a Q5_0/Q5_1 block; llama.cpp's bytes_from_bits_32)."""
-    _check_array(arr)
+    else 0 (load_bits32: the fifth bits of a Q5_0/Q5_1 block, llama.cpp's bytes_from_bits_32); or
+    value where bit i is clear, else 0 (load_clear_bits32)."""
+    def typer(typingctx, arr, idx, value):
+        _check_array(arr)
 
-    def codegen(context, builder, sig, args):
-        word = builder.bitcast(_load_word(context, builder, sig, args, 0), ir.VectorType(_I8, 4))
-        spread = builder.shuffle_vector(word, word, ir.Constant(ir.VectorType(_I32, 32), [i // 8 for i in range(32)]))
-        is_set = builder.icmp_unsigned("!=", builder.and_(spread, ir.Constant(_VB, [1 << (i % 8) for i in range(32)])),
-                                       ir.Constant(_VB, [0] * 32))
-        byte_value = _splat(builder, context.cast(builder, args[2], sig.args[2], types.uint8), _VB)
-        return builder.select(is_set, byte_value, ir.Constant(_VB, [0] * 32))
-    return u8x32(arr, idx, value), codegen
+        def codegen(context, builder, sig, args):
+            word = builder.bitcast(_load_word(context, builder, sig, args, 0), ir.VectorType(_I8, 4))
+            byte_of_bit = ir.Constant(ir.VectorType(_I32, 32), [i // 8 for i in range(32)])
+            spread = builder.shuffle_vector(word, word, byte_of_bit)
+            bit = builder.and_(spread, ir.Constant(_VB, [1 << (i % 8) for i in range(32)]))
+            chosen = builder.icmp_unsigned("!=" if where_set else "==", bit, ir.Constant(_VB, [0] * 32))
+            byte_value = _splat(builder, context.cast(builder, args[2], sig.args[2], types.uint8), _VB)
+            return builder.select(chosen, byte_value, ir.Constant(_VB, [0] * 32))
+        return u8x32(arr, idx, value), codegen
+    return typer
+
+
+load_bits32 = intrinsic(_bits32_typer(True))
+load_bits32.__doc__ = _bits32_typer.__doc__
+load_clear_bits32 = intrinsic(_bits32_typer(False))
+load_clear_bits32.__doc__ = _bits32_typer.__doc__
 
 
 def _byte_scalar_op(op):
@@ -121,6 +130,27 @@ bxor = intrinsic(_byte_scalar_op("xor"))     # v ^ k
 def bor(typingctx, a, b):
     def codegen(context, builder, sig, args):
         return builder.or_(args[0], args[1])
+    return u8x32(u8x32, u8x32), codegen
+
+
+@intrinsic
+def babs(typingctx, a):
+    """|a| of signed bytes (pabsb): the unsigned operand of a signed-by-signed dpbusd."""
+    def codegen(context, builder, sig, args):
+        fn = _intrinsic_fn(builder, "llvm.abs.v32i8", _VB, [_VB, ir.IntType(1)])
+        return builder.call(fn, [args[0], ir.Constant(ir.IntType(1), 0)])
+    return u8x32(u8x32), codegen
+
+
+@intrinsic
+def bsign(typingctx, a, b):
+    """a with the sign of b, 0 where b is 0 (psignb): with babs, dpbusd(acc, babs(w), bsign(x, w))
+    sums signed w * signed x (llama.cpp's mul_sum_i8_pairs)."""
+    def codegen(context, builder, sig, args):
+        a, b = args
+        zero = ir.Constant(_VB, [0] * 32)
+        negated = builder.select(builder.icmp_signed("<", b, zero), builder.sub(zero, a), a)
+        return builder.select(builder.icmp_signed("==", b, zero), zero, negated)
     return u8x32(u8x32, u8x32), codegen
 
 
@@ -211,5 +241,5 @@ def hsum8(typingctx, a):
 
 
 __all__ = ["HAS_AVX512_VNNI", "HAS_AVX_VNNI", "u8x32", "i32x8", "f32x8", "load_u8x32", "load_nibbles", "load_bits32",
-           "band", "bshr", "bshl", "bxor", "bor", "dpbusd", "izero8", "itof8", "vzero8", "vsplat8", "vsplat8x2",
-           "vfma8", "vmul8", "vadd8", "hsum8"]
+           "load_clear_bits32", "band", "bshr", "bshl", "bxor", "bor", "babs", "bsign", "dpbusd", "izero8", "itof8",
+           "vzero8", "vsplat8", "vsplat8x2", "vfma8", "vmul8", "vadd8", "hsum8"]

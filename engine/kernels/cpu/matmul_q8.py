@@ -6,13 +6,13 @@ the integer products come out as two 16-lane halves anyway (dpbusd lanes 0-3 and
 
 A 32-weight block contributes, with dxv = the two dx of its halves,
     d_w * dxv * (q . qx)           integer products of unsigned q with signed qx (dpbusd)
-and a scalar offset term, with sum(xq) the sum of the dequantized qx:
+and an offset term, with sum(xq) the sum of the dequantized qx:
     Q4_1, Q5_1  + m * sum(xq)       Q4_K, Q5_K, Q2_K  - dmin * min * sum(xq)
-    Q4_0  - 8 d * sum(xq)           Q6_K  - 32 d * scale * sum(xq)       Q8_0  - 128 d * sum(xq)
-    Q5_0  - 16 d * sum(xq)          Q3_K  - 4 d * scale * sum(xq)
-(Q6_K, Q3_K and Q2_K scale each 16 weights: their sums are per half block.) So every block
-computes exactly w . xq, the true weights times the quantized activations (signed weights go in
-as unsigned: nibble, 5 bits, 6 bits, 3 bits + 4, int8 + 128). Using the exact sum(x) in the offsets
+    Q4_0  - 8 d * sum(xq)           Q6_K  - 32 d * scale * sum(xq)       Q3_K  - 4 d * scale * sum(xq)
+(Q6_K, Q3_K and Q2_K scale each 16 weights: their sums are per half block.) Q8_0 and Q5_0 have
+none: their weights are signed bytes, multiplied as |w| . (qx signed as w). So every block
+computes exactly w . xq, the true weights times the quantized activations (the other signed
+weights go in as unsigned: nibble, 6 bits, 3 bits + 4). Using the exact sum(x) in the offsets
 would look more precise and is not: the error would become d * q . (xq - x) over uncentred q
 instead of w . (xq - x) over the centred weights, about twice as large on real activations.
 
@@ -23,18 +23,36 @@ import numpy as np
 from numba import literally, njit, prange
 
 from ..ggml_types import Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
-from ..simd import load_f16, load_f16_pair, load_f16_tail, load_f32
+from ..simd import (
+    hsum,
+    itof,
+    load_f16,
+    load_f16_pair,
+    load_f16_tail,
+    load_f32,
+    load_i8x16,
+    q4_k_mins_x2,
+    q4_k_scales_x2,
+    vfma,
+    vlane,
+    vload,
+    vmul,
+    vsplat,
+    vzero,
+)
 from ..simd_int8 import (
+    babs,
     band,
     bor,
     bshl,
     bshr,
-    bxor,
+    bsign,
     dpbusd,
     hsum8,
     itof8,
     izero8,
     load_bits32,
+    load_clear_bits32,
     load_nibbles,
     load_u8x32,
     vadd8,
@@ -44,7 +62,7 @@ from ..simd_int8 import (
     vsplat8x2,
     vzero8,
 )
-from .dequant import q3_k_scale, q4_k_scale_min, signed_byte
+from .dequant import q3_k_scale
 
 _f32 = np.float32
 
@@ -93,11 +111,13 @@ def _q4_0(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
 
 @njit(cache=True, nogil=True, inline="always")
 def _q5_0(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
+    """The weights as signed bytes (nibble | 0xF0 where the fifth bit is clear: nibble - 16), so
+    no offset term: dpbusd of |w| with x signed as w."""
     o = b * 22
     d = load_f16(row, o)
-    q = bor(load_nibbles(row, o + 6), load_bits32(row, o + 2, 16))        # 5 bits: the value + 16
-    p = itof8(dpbusd(izero8(), q, xq))
-    return vfma8(vmul8(p, dxv), vsplat8(d), acc), offset - _f32(16.0) * d * (xqs_lo + xqs_hi)
+    w = bor(load_nibbles(row, o + 6), load_clear_bits32(row, o + 2, 0xF0))
+    p = itof8(dpbusd(izero8(), babs(w), bsign(xq, w)))
+    return vfma8(vmul8(p, dxv), vsplat8(d), acc), offset
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -113,53 +133,9 @@ def _q5_1(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
 def _q8_0(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
     o = b * 34
     d = load_f16(row, o)
-    p = itof8(dpbusd(izero8(), bxor(load_u8x32(row, o + 2), 0x80), xq))   # (w + 128) . x
-    return vfma8(vmul8(p, dxv), vsplat8(d), acc), offset - _f32(128.0) * d * (xqs_lo + xqs_hi)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _q4_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
-    o = (b // 8) * 144                           # super-block; b % 8 is the sub-block
-    j = b % 8
-    packed = load_u8x32(row, o + 16 + (j // 2) * 32)
-    q = bshr(packed, 4) if j % 2 else band(packed, 15)
-    sc, m = q4_k_scale_min(row, o, j)
-    d, dmin = load_f16_pair(row, o)
-    p = itof8(dpbusd(izero8(), q, xq))
-    acc = vfma8(vmul8(p, dxv), vsplat8(d * _f32(sc)), acc)
-    return acc, offset - dmin * _f32(m) * (xqs_lo + xqs_hi)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _q6_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
-    o = (b // 8) * 210                           # super-block; 4 parts of 32 in each half
-    half = (b % 8) // 4
-    part = b % 4
-    ql = load_u8x32(row, o + 64 * half + 32 * (part % 2))
-    qh = bshr(load_u8x32(row, o + 128 + 32 * half), 2 * part)
-    low = band(ql, 15) if part < 2 else bshr(ql, 4)
-    q = bor(low, bshl(band(qh, 3), 4))           # 6 bits: the value + 32
-    g = o + 192 + 8 * half + 2 * part            # int8 scales of the part's two 16-groups
-    d = load_f16_tail(row, o + 208)
-    s_lo = d * _f32(signed_byte(row[g]))
-    s_hi = d * _f32(signed_byte(row[g + 1]))
-    p = itof8(dpbusd(izero8(), q, xq))
-    acc = vfma8(vmul8(p, dxv), vsplat8x2(s_lo, s_hi), acc)
-    return acc, offset - _f32(32.0) * (s_lo * xqs_lo + s_hi * xqs_hi)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _q5_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
-    o = (b // 8) * 176                           # super-block; b % 8 is the sub-block
-    j = b % 8
-    packed = load_u8x32(row, o + 48 + (j // 2) * 32)
-    low = bshr(packed, 4) if j % 2 else band(packed, 15)
-    q = bor(low, bshl(band(bshr(load_u8x32(row, o + 16), j), 1), 4))
-    sc, m = q4_k_scale_min(row, o, j)
-    d, dmin = load_f16_pair(row, o)
-    p = itof8(dpbusd(izero8(), q, xq))
-    acc = vfma8(vmul8(p, dxv), vsplat8(d * _f32(sc)), acc)
-    return acc, offset - dmin * _f32(m) * (xqs_lo + xqs_hi)
+    w = load_u8x32(row, o + 2)                                             # signed bytes
+    p = itof8(dpbusd(izero8(), babs(w), bsign(xq, w)))
+    return vfma8(vmul8(p, dxv), vsplat8(d), acc), offset
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -189,6 +165,101 @@ def _q2_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
     return acc, offset - dmin * (_f32(sc_lo >> 4) * xqs_lo + _f32(sc_hi >> 4) * xqs_hi)
 
 
+# ------------------------------------------------------------------ K-quant super-blocks
+# Q4_K, Q5_K and Q6_K go a super-block (256 weights) at a time. Their scales are unpacked as one
+# vector with a lane per 16 weights and multiplied by the sixteen activation scales dx up front, so
+# each 32 weights cost one dpbusd, one conversion and one FMA (a block at a time, the scalar scale
+# decode and the per-half scales cost more than the products); the offset terms are one vector FMA
+# with the sixteen xqsum16 of the super-block. Each returns (acc0, acc1 f32x8, offset f32x16).
+
+@njit(cache=True, nogil=True, inline="always")
+def _pick(scales, g):
+    """The f32x8 scale of a dpbusd over 32 weights: lanes 0-3 of 16-weight group g, 4-7 of g + 1."""
+    return vsplat8x2(vlane(scales, g), vlane(scales, g + 1))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _q4_k_super(row, sb, qx, dx, xqsum16, acc0, acc1, offset):
+    o = sb * 144
+    k = sb * 256
+    d, dmin = load_f16_pair(row, o)
+    scales = vmul(vmul(itof(q4_k_scales_x2(row, o)), vsplat(d)), vload(dx, sb * 16))
+    offset = vfma(vmul(itof(q4_k_mins_x2(row, o)), vsplat(dmin)), vload(xqsum16, sb * 16), offset)
+    for c in range(4):                          # 64 weights: sub-block 2c in the low nibbles, 2c+1 high
+        packed = load_u8x32(row, o + 16 + 32 * c)
+        acc0 = vfma8(itof8(dpbusd(izero8(), band(packed, 15), load_u8x32(qx, k + 64 * c))), _pick(scales, 4 * c), acc0)
+        acc1 = vfma8(itof8(dpbusd(izero8(), bshr(packed, 4), load_u8x32(qx, k + 64 * c + 32))),
+                     _pick(scales, 4 * c + 2), acc1)
+    return acc0, acc1, offset
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _q5_k_super(row, sb, qx, dx, xqsum16, acc0, acc1, offset):
+    """As Q4_K; the fifth bit of sub-block j is bit j of the 32 qh bytes."""
+    o = sb * 176
+    k = sb * 256
+    d, dmin = load_f16_pair(row, o)
+    scales = vmul(vmul(itof(q4_k_scales_x2(row, o)), vsplat(d)), vload(dx, sb * 16))
+    offset = vfma(vmul(itof(q4_k_mins_x2(row, o)), vsplat(dmin)), vload(xqsum16, sb * 16), offset)
+    qh = load_u8x32(row, o + 16)
+    for c in range(4):
+        packed = load_u8x32(row, o + 48 + 32 * c)
+        lo = bor(band(packed, 15), bshl(band(bshr(qh, 2 * c), 1), 4))
+        hi = bor(bshr(packed, 4), bshl(band(bshr(qh, 2 * c + 1), 1), 4))
+        acc0 = vfma8(itof8(dpbusd(izero8(), lo, load_u8x32(qx, k + 64 * c))), _pick(scales, 4 * c), acc0)
+        acc1 = vfma8(itof8(dpbusd(izero8(), hi, load_u8x32(qx, k + 64 * c + 32))), _pick(scales, 4 * c + 2), acc1)
+    return acc0, acc1, offset
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _q6_k_part(ql, qh, part, qx, at, scales, g, acc):
+    """Part `part` of a 128-weight half (32 weights at qx[at]): 6 bits, the value + 32."""
+    low = band(ql, 15) if part < 2 else bshr(ql, 4)
+    q = bor(low, bshl(band(bshr(qh, 2 * part), 3), 4))
+    return vfma8(itof8(dpbusd(izero8(), q, load_u8x32(qx, at))), _pick(scales, g), acc)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _q6_k_super(row, sb, qx, dx, xqsum16, acc0, acc1, offset):
+    """Sixteen int8 scales, one per 16 weights in order; weight = d * scale * (q - 32)."""
+    o = sb * 210
+    k = sb * 256
+    wscale = vmul(itof(load_i8x16(row, o + 192)), vsplat(load_f16_tail(row, o + 208)))
+    scales = vmul(wscale, vload(dx, sb * 16))
+    offset = vfma(vmul(wscale, vsplat(32.0)), vload(xqsum16, sb * 16), offset)
+    for half in range(2):
+        qh = load_u8x32(row, o + 128 + 32 * half)
+        ql0 = load_u8x32(row, o + 64 * half)
+        ql1 = load_u8x32(row, o + 64 * half + 32)
+        at = k + 128 * half
+        acc0 = _q6_k_part(ql0, qh, 0, qx, at, scales, 8 * half, acc0)
+        acc1 = _q6_k_part(ql1, qh, 1, qx, at + 32, scales, 8 * half + 2, acc1)
+        acc0 = _q6_k_part(ql0, qh, 2, qx, at + 64, scales, 8 * half + 4, acc0)
+        acc1 = _q6_k_part(ql1, qh, 3, qx, at + 96, scales, 8 * half + 6, acc1)
+    return acc0, acc1, offset
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _super_block(ggml_type, row, sb, qx, dx, xqsum16, acc0, acc1, offset):
+    if ggml_type == Q4_K:
+        return _q4_k_super(row, sb, qx, dx, xqsum16, acc0, acc1, offset)
+    if ggml_type == Q5_K:
+        return _q5_k_super(row, sb, qx, dx, xqsum16, acc0, acc1, offset)
+    return _q6_k_super(row, sb, qx, dx, xqsum16, acc0, acc1, offset)
+
+
+@njit(cache=True, nogil=True)
+def _row_dot_k(ggml_type, row, qx, dx, xqsum16):
+    """As _row_dot for Q4_K, Q5_K and Q6_K, a super-block at a time."""
+    literally(ggml_type)
+    acc0 = vzero8()
+    acc1 = vzero8()
+    offset = vzero()
+    for sb in range(qx.shape[0] // 256):
+        acc0, acc1, offset = _super_block(ggml_type, row, sb, qx, dx, xqsum16, acc0, acc1, offset)
+    return hsum8(vadd8(acc0, acc1)) - hsum(offset)
+
+
 # ------------------------------------------------------------------ rows
 
 @njit(cache=True, nogil=True, inline="always")
@@ -201,12 +272,6 @@ def _block(ggml_type, row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
         return _q5_1(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
     if ggml_type == Q8_0:
         return _q8_0(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
-    if ggml_type == Q4_K:
-        return _q4_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
-    if ggml_type == Q6_K:
-        return _q6_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
-    if ggml_type == Q5_K:
-        return _q5_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
     if ggml_type == Q3_K:
         return _q3_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
     if ggml_type == Q2_K:
@@ -246,7 +311,7 @@ def _row_dot(ggml_type, row, qx, dx, xqsum16):
 def int8_pays(ggml_type):
     """ggml_type in INT8_ACTIVATION_TYPES: the fast mode's dispatch (its int8 kernel is the faster one)."""
     return (ggml_type == Q4_0 or ggml_type == Q4_1 or ggml_type == Q5_1 or ggml_type == Q8_0 or ggml_type == Q2_K
-            or ggml_type == Q3_K)
+            or ggml_type == Q3_K or ggml_type == Q4_K or ggml_type == Q5_K or ggml_type == Q6_K)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -268,11 +333,11 @@ def row_dot_q8(ggml_type, row, qx, dx, xqsum16):
     if ggml_type == Q8_0:
         return _row_dot(Q8_0, row, qx, dx, xqsum16)
     if ggml_type == Q4_K:
-        return _row_dot(Q4_K, row, qx, dx, xqsum16)
+        return _row_dot_k(Q4_K, row, qx, dx, xqsum16)
     if ggml_type == Q6_K:
-        return _row_dot(Q6_K, row, qx, dx, xqsum16)
+        return _row_dot_k(Q6_K, row, qx, dx, xqsum16)
     if ggml_type == Q5_K:
-        return _row_dot(Q5_K, row, qx, dx, xqsum16)
+        return _row_dot_k(Q5_K, row, qx, dx, xqsum16)
     if ggml_type == Q3_K:
         return _row_dot(Q3_K, row, qx, dx, xqsum16)
     if ggml_type == Q2_K:
