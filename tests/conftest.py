@@ -108,8 +108,8 @@ def pytest_collection_modifyitems(config, items):
     kept, dropped = [], []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        on_cluster = params.get("redis_server") == "cluster"
-        (dropped if on_cluster and item.module.__name__.rsplit(".", 1)[-1] not in CLUSTER_MODULES else kept).append(item)
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        (dropped if params.get("redis_server") == "cluster" and module not in CLUSTER_MODULES else kept).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
