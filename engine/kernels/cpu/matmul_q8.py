@@ -179,17 +179,29 @@ def _pick(scales, g):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _q4_k_super(row, sb, qx, dx, xqsum16, acc0, acc1, offset):
-    o = sb * 144
-    k = sb * 256
+def _q4_k_scales(row, o, sb, dx, xqsum16, offset):
+    """A Q4_K/Q5_K super-block's product scales (d * scale * dx, a lane per 16 weights) and its
+    offset term added to `offset` (dmin * min * xqsum16)."""
     d, dmin = load_f16_pair(row, o)
     scales = vmul(vmul(itof(q4_k_scales_x2(row, o)), vsplat(d)), vload(dx, sb * 16))
-    offset = vfma(vmul(itof(q4_k_mins_x2(row, o)), vsplat(dmin)), vload(xqsum16, sb * 16), offset)
+    return scales, vfma(vmul(itof(q4_k_mins_x2(row, o)), vsplat(dmin)), vload(xqsum16, sb * 16), offset)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _sub_block_pair(lo, hi, qx, at, scales, c, acc0, acc1):
+    """Sub-blocks 2c (weights lo) and 2c + 1 (hi), 32 each, against the 64 activations at qx[at]."""
+    acc0 = vfma8(itof8(dpbusd(izero8(), lo, load_u8x32(qx, at))), _pick(scales, 4 * c), acc0)
+    acc1 = vfma8(itof8(dpbusd(izero8(), hi, load_u8x32(qx, at + 32))), _pick(scales, 4 * c + 2), acc1)
+    return acc0, acc1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _q4_k_super(row, sb, qx, dx, xqsum16, acc0, acc1, offset):
+    o = sb * 144
+    scales, offset = _q4_k_scales(row, o, sb, dx, xqsum16, offset)
     for c in range(4):                          # 64 weights: sub-block 2c in the low nibbles, 2c+1 high
         packed = load_u8x32(row, o + 16 + 32 * c)
-        acc0 = vfma8(itof8(dpbusd(izero8(), band(packed, 15), load_u8x32(qx, k + 64 * c))), _pick(scales, 4 * c), acc0)
-        acc1 = vfma8(itof8(dpbusd(izero8(), bshr(packed, 4), load_u8x32(qx, k + 64 * c + 32))),
-                     _pick(scales, 4 * c + 2), acc1)
+        acc0, acc1 = _sub_block_pair(band(packed, 15), bshr(packed, 4), qx, sb * 256 + 64 * c, scales, c, acc0, acc1)
     return acc0, acc1, offset
 
 
@@ -197,17 +209,13 @@ def _q4_k_super(row, sb, qx, dx, xqsum16, acc0, acc1, offset):
 def _q5_k_super(row, sb, qx, dx, xqsum16, acc0, acc1, offset):
     """As Q4_K; the fifth bit of sub-block j is bit j of the 32 qh bytes."""
     o = sb * 176
-    k = sb * 256
-    d, dmin = load_f16_pair(row, o)
-    scales = vmul(vmul(itof(q4_k_scales_x2(row, o)), vsplat(d)), vload(dx, sb * 16))
-    offset = vfma(vmul(itof(q4_k_mins_x2(row, o)), vsplat(dmin)), vload(xqsum16, sb * 16), offset)
+    scales, offset = _q4_k_scales(row, o, sb, dx, xqsum16, offset)
     qh = load_u8x32(row, o + 16)
     for c in range(4):
         packed = load_u8x32(row, o + 48 + 32 * c)
         lo = bor(band(packed, 15), bshl(band(bshr(qh, 2 * c), 1), 4))
         hi = bor(bshr(packed, 4), bshl(band(bshr(qh, 2 * c + 1), 1), 4))
-        acc0 = vfma8(itof8(dpbusd(izero8(), lo, load_u8x32(qx, k + 64 * c))), _pick(scales, 4 * c), acc0)
-        acc1 = vfma8(itof8(dpbusd(izero8(), hi, load_u8x32(qx, k + 64 * c + 32))), _pick(scales, 4 * c + 2), acc1)
+        acc0, acc1 = _sub_block_pair(lo, hi, qx, sb * 256 + 64 * c, scales, c, acc0, acc1)
     return acc0, acc1, offset
 
 
