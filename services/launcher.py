@@ -37,7 +37,6 @@ def redis_data_dir() -> str:
     return path
 
 
-
 def worker_threads(workers: int, configured: str | None, cores: int) -> int | None:
     """Kernel threads for each of `workers` local workers: the cores shared out, unless
     MESHLLM_THREADS says otherwise (None: leave it). Two workers spinning two OpenMP threads each
@@ -45,6 +44,7 @@ def worker_threads(workers: int, configured: str | None, cores: int) -> int | No
     if workers <= 1 or configured:
         return None
     return max(1, cores // workers)
+
 
 class Stack:
     def __init__(self, args, model_path: str, model_name: str | None = None):
