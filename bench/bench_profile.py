@@ -53,7 +53,7 @@ def replay(model, batch, kv_cache) -> dict[str, float]:
         _rope,
         output_logits,
     )
-    from engine.kernels.cpu.ops import add_bias, add_inplace, embed, head_rms_norm, rms_norm, rope_tables
+    from engine.kernels.cpu.ops import add_bias, add_inplace, head_rms_norm, rms_norm
     from engine.kernels.cpu.projections import gated_ffn, project
 
     cfg, traits = model.config, model.config.traits
@@ -64,11 +64,13 @@ def replay(model, batch, kv_cache) -> dict[str, float]:
         fn(*args)
         times[component] += time.perf_counter() - start
 
-    T, D = batch.num_tokens, cfg.hidden_size
+    start = time.perf_counter()
+    x, cos, sin = model.embed_and_rope(batch)
+    times["embed"] += time.perf_counter() - start
+    T = batch.num_tokens
     hd = kv_cache.k.shape[3]
     nq, nk = cfg.num_heads * hd, kv_cache.k.shape[2] * hd
     F = model.layer_weights[W_GATE].shape[0]
-    x = np.empty((T, D), np.float32)
     h, proj = np.empty_like(x), np.empty_like(x)
     q, attn = np.empty((T, nq), np.float32), np.empty((T, nq), np.float32)
     k, v = np.empty((T, nk), np.float32), np.empty((T, nk), np.float32)
@@ -78,15 +80,6 @@ def replay(model, batch, kv_cache) -> dict[str, float]:
     eps = cfg.rms_norm_eps
     neox, gelu = traits.rope_mode == ROPE_NEOX, traits.ffn_activation == FFN_GELU_TANH
 
-    start = time.perf_counter()
-    embed(batch.token_ids, model.embedding.data, model.embedding.ggml_type, x)
-    if model.embedding_scale is not None:
-        x *= model.embedding_scale
-    cos = np.empty((len(model.rope_tables), T, cfg.rope_dim // 2), np.float32)
-    sin = np.empty_like(cos)
-    for i, inv_freq in enumerate(model.rope_tables):
-        rope_tables(batch.positions, inv_freq, cos[i], sin[i])
-    times["embed"] += time.perf_counter() - start
 
     weights, norms = model.layer_weights, model.layer_norms
     for layer in range(cfg.num_layers):

@@ -228,8 +228,8 @@ class DecoderModel:
     def new_kv_cache(self, num_blocks: int, block_size: int = 16, prefault: bool = False) -> KVCache:
         return KVCache(self.config, num_blocks, block_size, prefault)
 
-    def forward_hidden(self, batch: ForwardBatch, kv_cache: KVCache) -> np.ndarray:
-        """Run the decoder stack (writing the step's keys and values); the final hidden states."""
+    def embed_and_rope(self, batch: ForwardBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The stack's inputs: the embedded tokens x (T, D) and the rope tables cos, sin (R, T, rope_dim/2)."""
         cfg = self.config
         T = batch.num_tokens
         x = np.empty((T, cfg.hidden_size), np.float32)
@@ -240,6 +240,12 @@ class DecoderModel:
         sin = np.empty_like(cos)
         for i, inv_freq in enumerate(self.rope_tables):
             rope_tables(batch.positions, inv_freq, cos[i], sin[i])
+        return x, cos, sin
+
+    def forward_hidden(self, batch: ForwardBatch, kv_cache: KVCache) -> np.ndarray:
+        """Run the decoder stack (writing the step's keys and values); the final hidden states."""
+        cfg = self.config
+        x, cos, sin = self.embed_and_rope(batch)
         traits = cfg.traits
         decoder_stack(x, self.layer_weights, self.layer_types, self.layer_norms, self.qkv_bias, self.head_norms,
                       kv_cache.k, kv_cache.v, cos, sin, self.layer_rope, self.layer_window,
