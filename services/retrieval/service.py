@@ -28,6 +28,7 @@ from ..common.metrics import METRICS
 from .chunking import ChunkingConfig, chunk_text
 from .index import SearchIndex, SearchMode, SearchSettings
 from .prompt import NO_SOURCE_ANSWER, SOURCE_LABEL_STOP, build_prompt, cited_numbers
+from .relevance import AnswerabilityCheck
 from .sections import DocumentOutline, contextual_header
 from .store import ChunkRecord, DocumentStore, chunk_id, content_hash, indexed_text
 
@@ -46,9 +47,11 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         self.store = store
         self.config = config
         self.chunking = ChunkingConfig(config.chunk_tokens, config.overlap_tokens)
-        self.search_settings = SearchSettings(stemming=config.bm25_stemming,
+        self.search_settings = SearchSettings(stemming=config.bm25_stemming, fusion=config.hybrid_fusion,
+                                              dense_share=config.hybrid_dense_share,
                                               lexical_weight=config.rrf_lexical_weight)
         self.index = SearchIndex(-1, [], encoder.dimensions, self.search_settings)
+        self.answerability = AnswerabilityCheck(config.answerable_relevance, config.answerable_relevance_unknown_term)
         self._index_lock = asyncio.Lock()
         self._ingest_lock = asyncio.Lock()
         self._generation_channel = None
@@ -202,9 +205,13 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         top_k, mode = self._search_args(request.question, request.top_k, request.mode, 20, 4)
         if request.max_new_tokens > 2048:
             raise InvalidRequest("max_new_tokens must be at most 2048")
-        floor = request.min_relevance if request.HasField("min_relevance") else self.config.min_relevance
-        hits = [h for h in await self.search(request.question, top_k, mode, list(request.sources), rpc="Ask")
-                if h.dense_score >= floor]
+        found = await self.search(request.question, top_k, mode, list(request.sources), rpc="Ask")
+        if request.HasField("min_relevance"):            # the caller's floor replaces the server's checks
+            hits = [h for h in found if h.dense_score >= request.min_relevance]
+        else:
+            hits = [h for h in found if h.dense_score >= self.config.min_relevance]
+            if not self.answerability.admits(request.question, hits, self.index):
+                hits = []
         if not hits:
             yield pb.AskResponse(text=NO_SOURCE_ANSWER, answered_from_sources=False,
                                  finish_reason=common_pb2.FINISH_REASON_EOS)
