@@ -38,12 +38,13 @@ from ask_eval import answer_has_keywords, contains_evidence, load, repeats_ngram
 from bench_engine import cpu_name  # noqa: E402
 from bench_retrieval import ingest_corpus, start_stack, stop_stack  # noqa: E402
 
+from services.retrieval.prompt import cited_numbers  # noqa: E402
+
 # how the prompt (services/retrieval/prompt.py) tells the model to decline, and what models write
 _DECLINE = re.compile(r"cannot find|can't find|could not find|couldn't find|not (?:contain|mention|include|"
                       r"provide|cover)|no (?:information|mention|relevant)|not (?:found|available) in|"
                       r"do(?:es)? not (?:say|specify|describe|have)|unable to (?:find|answer)|"
                       r"not possible to answer|isn't (?:mentioned|covered)", re.I)
-_CITE = re.compile(r"\[(\d{1,2})\]")
 
 
 def metric(port: int, name: str) -> float:
@@ -109,9 +110,9 @@ def main() -> None:
             chunk_text = {h.chunk_id: h.text for h in hits}
             r = ask(stub, tokenizer, item.question)
             by_number = {c.number: chunk_text.get(c.chunk_id, c.snippet) for c in r["citations"]}
-            # the answer's own [n] markers; without any (small models rarely write them), the
+            # the answer's own markers ("[2]", "Source 2"); without any (small models rarely write them), the
             # sources the service attributes the answer to (AskResponse citations marked cited)
-            marked = {int(n) for n in _CITE.findall(r["answer"]) if int(n) in by_number}
+            marked = cited_numbers(r["answer"], len(by_number)) & set(by_number)
             cited = marked or {c.number for c in r["citations"] if c.cited}
             good = {n for n in cited if contains_evidence(by_number[n], item.evidence)}
             rows.append({"id": item.id, "correct": answer_has_keywords(r["answer"], item.keywords),

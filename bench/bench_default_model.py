@@ -23,10 +23,7 @@ from engine.llm import LLM
 from engine.model_registry import installed_path
 from engine.sampling import GREEDY
 from engine.stopping import StoppingCriteria
-
-SYSTEM = ("You are a helpful assistant. Answer the question using only the numbered sources. "
-          "Cite the sources you use with their numbers in brackets, like [1]. If the sources do not "
-          "contain the answer, say that you cannot find it in the documents.")
+from services.retrieval.prompt import SYSTEM
 
 
 @dataclass
@@ -75,7 +72,7 @@ def evaluate(name: str, max_tokens: int) -> dict:
     rows, tokens, seconds = [], 0, 0.0
     for q in QUESTIONS:
         passage = topics[q.topic][:2500]
-        user = f"Sources:\n\n[1] (source: {q.topic})\n{passage}\n\nQuestion: {q.question}"
+        user = f"Source 1 ({q.topic}):\n{passage}\n\nQuestion: {q.question}"     # Ask's layout (prompt.py)
         ids = llm.encode_chat([{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}])
         t0 = time.perf_counter()
         options = RequestOptions(GREEDY, StoppingCriteria(max_new_tokens=max_tokens))

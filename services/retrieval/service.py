@@ -27,7 +27,7 @@ from ..common.errors import streaming as streaming_rpc
 from ..common.metrics import METRICS
 from .chunking import ChunkingConfig, chunk_text
 from .index import SearchIndex, SearchMode, SearchSettings
-from .prompt import NO_SOURCE_ANSWER, SOURCE_LABEL_STOP, build_prompt, cited_numbers
+from .prompt import NO_SOURCE_ANSWER, SOURCE_LABEL_STOP, attributed_numbers, build_prompt, cited_numbers
 from .relevance import AnswerabilityCheck
 from .sections import DocumentOutline, contextual_header
 from .store import ChunkRecord, DocumentStore, chunk_id, content_hash, indexed_text
@@ -37,7 +37,6 @@ log = logging.getLogger("meshllm.retrieval")
 _DOC_ID = re.compile(r"^[^\x00-\x1f]{1,256}$")
 MAX_QUERY_CHARS = 4096
 MAX_EMBED_TEXTS = 256
-ATTRIBUTION_FLOOR = 0.4          # answer-to-source cosine below which an unmarked answer cites nothing
 
 
 class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
@@ -244,18 +243,14 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
                                  finish_reason=chunk.finish_reason, usage=chunk.usage)
 
     async def attribute(self, answer: str, sources) -> set[int]:
-        """The sources (numbered from 1) an answer draws on: those it cites as [n]; for an answer
-        without markers (small models rarely write them), the source closest to the answer by
-        embedding, and any other within 0.05 of it, if at least ATTRIBUTION_FLOOR similar."""
+        """The sources (numbered from 1) an answer draws on: those it cites ("[2]", "Source 2");
+        for an answer without markers (small models rarely write them), prompt.attributed_numbers."""
         explicit = cited_numbers(answer, len(sources))
         if explicit or not answer.strip():
             return explicit
         (vector,) = await self.embed([answer])
-        similarity = [float(h.record.embedding @ vector) for h in sources]
-        best = max(similarity)
-        if best < ATTRIBUTION_FLOOR:
-            return set()
-        return {n for n, s in enumerate(similarity, start=1) if s >= best - 0.05}
+        return attributed_numbers(answer, [h.record.text for h in sources],
+                                  [float(h.record.embedding @ vector) for h in sources])
 
     @unary(SERVICE)
     async def Embed(self, request, context):
