@@ -6,6 +6,9 @@ temperature, top-k, top-p, min-p, then a draw. Temperature 0 (or top_k 1) is gre
 Penalties, as in vLLM: the repetition penalty (CTRL-style: positive logits divided, negative
 multiplied) applies to every token of the prompt and the output so far; presence and frequency
 penalties (OpenAI-style: subtract presence once, frequency per occurrence) to the output only.
+no_repeat_ngram_size n (Hugging Face's, over the output only, so that an answer may still quote
+its prompt): a token that would make the output's last n tokens a repeat of n tokens it already
+holds is banned, so greedy decoding cannot fall into a loop.
 
 Log-probabilities reported to users are those of the model's own distribution (log-softmax of the
 raw logits), independent of the sampling settings, as OpenAI and vLLM report them.
@@ -19,6 +22,7 @@ import numpy as np
 
 # candidate pool sizes tried before sorting the whole vocabulary for top-p
 _POOL_SIZES = (64, 512, 4096)
+MAX_NO_REPEAT_NGRAM = 64
 
 
 class SamplingError(ValueError):
@@ -35,6 +39,7 @@ class SamplingParams:
     presence_penalty: float = 0.0     # [-2, 2]
     frequency_penalty: float = 0.0    # [-2, 2]
     seed: int | None = None           # same seed, same prompt, same output
+    no_repeat_ngram_size: int = 0     # 0 = off; n >= 2: no n-token sequence occurs twice in the output
 
     def __post_init__(self):
         def check(ok, msg):
@@ -52,6 +57,8 @@ class SamplingParams:
         check(-2 <= self.presence_penalty <= 2, f"presence_penalty must be in [-2, 2], got {self.presence_penalty}")
         check(-2 <= self.frequency_penalty <= 2, f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}")
         check(self.seed is None or 0 <= self.seed < 2**64, "seed must be in [0, 2^64)")
+        check(self.no_repeat_ngram_size == 0 or 2 <= self.no_repeat_ngram_size <= MAX_NO_REPEAT_NGRAM,
+              f"no_repeat_ngram_size must be 0 (off) or in [2, {MAX_NO_REPEAT_NGRAM}], got {self.no_repeat_ngram_size}")
 
     @property
     def greedy(self) -> bool:
@@ -59,24 +66,41 @@ class SamplingParams:
 
     @property
     def has_penalties(self) -> bool:
-        return self.repetition_penalty != 1 or self.presence_penalty != 0 or self.frequency_penalty != 0
+        return (self.repetition_penalty != 1 or self.presence_penalty != 0 or self.frequency_penalty != 0
+                or self.no_repeat_ngram_size != 0)
 
 
 GREEDY = SamplingParams(temperature=0.0)
 
 
 class Sampler:
-    """The sampling state of one sequence: its random stream and the token counts penalties need."""
+    """The sampling state of one sequence: its random stream, the token counts penalties need and,
+    with no_repeat_ngram_size n, the tokens seen after each (n-1)-token context of the output."""
 
     def __init__(self, params: SamplingParams, prompt_ids):
         self.params = params
         self.rng = np.random.default_rng(params.seed)
         self._prompt_ids = np.unique(np.asarray(prompt_ids, dtype=np.int64))
         self._output_counts: dict[int, int] = {}
+        self._output: list[int] = []
+        self._followers: dict[tuple[int, ...], set[int]] = {}
 
     def observe(self, token_id: int) -> None:
         """Record a generated token (for the penalties)."""
         self._output_counts[token_id] = self._output_counts.get(token_id, 0) + 1
+        n = self.params.no_repeat_ngram_size
+        if n:
+            out = self._output
+            if len(out) >= n - 1:
+                self._followers.setdefault(tuple(out[len(out) - n + 1:]), set()).add(token_id)
+            out.append(token_id)
+
+    def banned(self) -> list[int]:
+        """Tokens that would repeat an n-gram of the output (no_repeat_ngram_size n)."""
+        n = self.params.no_repeat_ngram_size
+        if not n or len(self._output) < n - 1:
+            return []
+        return sorted(self._followers.get(tuple(self._output[len(self._output) - n + 1:]), ()))
 
     def sample(self, logits: np.ndarray) -> int:
         p = self.params
@@ -111,6 +135,9 @@ class Sampler:
         if out_ids.size and (p.presence_penalty or p.frequency_penalty):
             counts = np.fromiter(self._output_counts.values(), dtype=np.float32, count=out_ids.size)
             logits[out_ids] -= p.presence_penalty + p.frequency_penalty * counts
+        banned = self.banned()
+        if banned and len(banned) < logits.shape[0]:      # never ban the whole vocabulary
+            logits[banned] = -np.inf
         return logits
 
 

@@ -233,6 +233,8 @@ def test_model_info(gen):
     ({"text": "hi", "sampling": generation_pb2.SamplingParams(temperature=-1)}, "INVALID_ARGUMENT", "temperature"),
     ({"text": "hi", "sampling": generation_pb2.SamplingParams(top_p=0.0)}, "INVALID_ARGUMENT", "top_p"),
     ({"text": "hi", "sampling": generation_pb2.SamplingParams(top_p=1.5)}, "INVALID_ARGUMENT", "top_p"),
+    ({"text": "hi", "sampling": generation_pb2.SamplingParams(no_repeat_ngram_size=1)}, "INVALID_ARGUMENT",
+     "no_repeat_ngram_size"),
     ({"text": "hi", "response": generation_pb2.ResponseOptions(top_logprobs=50)}, "INVALID_ARGUMENT",
      "top_logprobs"),
     ({"text": "hi", "request_id": "bad id with spaces"}, "INVALID_ARGUMENT", "request_id"),

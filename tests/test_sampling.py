@@ -63,7 +63,42 @@ def test_penalties():
     assert out[3] == 0.5
 
 
+def test_no_repeat_ngram_bans_the_token_that_would_repeat_an_output_ngram():
+    sampler = Sampler(SamplingParams(temperature=0.0, no_repeat_ngram_size=3), prompt_ids=[7, 8, 9])
+    for token in (1, 2, 3, 1):
+        sampler.observe(token)
+    assert sampler.banned() == []                          # context (3, 1): never followed yet
+    sampler.observe(2)
+    assert sampler.banned() == [3]                         # (1, 2) was followed by 3
+    logits = np.array([0, 0, 0, 9, 1, 0, 0, 0, 0, 0], np.float32)
+    assert sampler.sample(logits) == 4                     # greedy takes the next best
+    # the prompt's n-grams are not banned: an answer may quote its sources
+    quoting = Sampler(SamplingParams(temperature=0.0, no_repeat_ngram_size=2), prompt_ids=[5, 3])
+    quoting.observe(5)
+    assert quoting.banned() == [] and quoting.sample(logits) == 3
+
+
+def test_no_repeat_ngram_never_bans_the_whole_vocabulary():
+    sampler = Sampler(SamplingParams(temperature=0.0, no_repeat_ngram_size=2), prompt_ids=[])
+    for token in (0, 0, 0, 1, 0):
+        sampler.observe(token)
+    assert sampler.banned() == [0, 1]
+    assert sampler.sample(np.array([3.0, 1.0], np.float32)) == 0   # every token banned: none is
+
+
+def test_greedy_decoding_with_no_repeat_ngram_has_no_repeated_ngram(llm):
+    def ngrams(ids, n):
+        return [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    plain = generate_ids(llm, "1, 2, 1, 2, 1, 2, 1, 2,", GREEDY, n=48)
+    assert len(set(ngrams(plain, 4))) < len(ngrams(plain, 4))        # the model loops on its own
+    banned = generate_ids(llm, "1, 2, 1, 2, 1, 2, 1, 2,", SamplingParams(temperature=0.0, no_repeat_ngram_size=4),
+                          n=48)
+    assert len(set(ngrams(banned, 4))) == len(ngrams(banned, 4))
+
+
 @pytest.mark.parametrize("kwargs,message", [
+    ({"no_repeat_ngram_size": 1}, "no_repeat_ngram_size"),
+    ({"no_repeat_ngram_size": 65}, "no_repeat_ngram_size"),
     ({"temperature": -0.1}, "temperature must be >= 0"),
     ({"top_p": 0.0}, "top_p must be in \\(0, 1\\]"),
     ({"top_p": 1.5}, "top_p"),

@@ -96,6 +96,16 @@ def test_greedy_output_is_identical_token_for_token(llm, quoting_prompts, hf_ref
     assert engine.stats.steps < sum(len(e) for e in fast)
 
 
+def test_greedy_with_no_repeat_ngram_is_identical_with_drafts(llm, quoting_prompts):
+    """Ask's default decoding (greedy, no 8-gram twice in the output): the ban follows each drafted
+    position's own history, so drafts change nothing."""
+    options = RequestOptions(SamplingParams(temperature=0.0, no_repeat_ngram_size=8), StoppingCriteria(64))
+    plain, _ = run(llm, quoting_prompts, options)
+    fast, engine = run(llm, quoting_prompts, with_speculation(options))
+    assert [[e.token_id for e in b] for b in fast] == [[e.token_id for e in a] for a in plain]
+    assert engine.stats.accepted_draft_tokens > 32
+
+
 def test_seeded_sampling_draws_what_plain_decoding_draws(llm, quoting_prompts):
     """Each position is sampled with the plain decoder's random stream and kept while it equals the
     draft, so a seed gives the same tokens (coupled speculative sampling: same distribution). Rows

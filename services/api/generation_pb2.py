@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from services.api import common_pb2 as meshllm_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmeshllm/v1/generation.proto\x12\nmeshllm.v1\x1a\x17meshllm/v1/common.proto\"\xff\x01\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\r\n\x05min_p\x18\x04 \x01(\x02\x12\x1f\n\x12repetition_penalty\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x18\n\x10presence_penalty\x18\x06 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x07 \x01(\x02\x12\x11\n\x04seed\x18\x08 \x01(\x04H\x03\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seed\"\x8d\x01\n\x10StoppingCriteria\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x16\n\x0estop_sequences\x18\x02 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x03 \x03(\r\x12\x12\n\nignore_eos\x18\x04 \x01(\x08\x12\x1d\n\x15include_stop_sequence\x18\x05 \x01(\x08\"V\n\x0fResponseOptions\x12\x10\n\x08logprobs\x18\x01 \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x02 \x01(\r\x12\x1b\n\x13keep_special_tokens\x18\x03 \x01(\x08\"\x7f\n\x04\x43hat\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.meshllm.v1.ChatMessage\x12\x1f\n\x05tools\x18\x02 \x03(\x0b\x32\x10.meshllm.v1.Tool\x12+\n\x0btool_choice\x18\x03 \x01(\x0b\x32\x16.meshllm.v1.ToolChoice\"=\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x12\n\nparameters\x18\x03 \x01(\t\"M\n\nToolChoice\x12(\n\x04mode\x18\x01 \x01(\x0e\x32\x1a.meshllm.v1.ToolChoiceMode\x12\x15\n\rfunction_name\x18\x02 \x01(\t\"\'\n\x0bSpeculation\x12\x18\n\x10num_draft_tokens\x18\x01 \x01(\r\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xf8\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12 \n\x04\x63hat\x18\x03 \x01(\x0b\x32\x10.meshllm.v1.ChatH\x00\x12)\n\ttoken_ids\x18\x04 \x01(\x0b\x32\x14.meshllm.v1.TokenIdsH\x00\x12,\n\x08sampling\x18\x05 \x01(\x0b\x32\x1a.meshllm.v1.SamplingParams\x12.\n\x08stopping\x18\x06 \x01(\x0b\x32\x1c.meshllm.v1.StoppingCriteria\x12-\n\x08response\x18\x07 \x01(\x0b\x32\x1b.meshllm.v1.ResponseOptions\x12,\n\x0bspeculation\x18\n \x01(\x0b\x32\x17.meshllm.v1.Speculation\x12\x30\n\nconstraint\x18\x08 \x01(\x0b\x32\x1c.meshllm.v1.OutputConstraintB\x07\n\x05input\"\xb3\x01\n\x10OutputConstraint\x12\x15\n\x0bjson_schema\x18\x01 \x01(\tH\x00\x12\x15\n\x0bjson_object\x18\x02 \x01(\x08H\x00\x12\x0f\n\x05regex\x18\x03 \x01(\tH\x00\x12(\n\x06\x63hoice\x18\x04 \x01(\x0b\x32\x16.meshllm.v1.ChoiceListH\x00\x12\x16\n\x0clark_grammar\x18\x05 \x01(\tH\x00\x12\x16\n\x0cgbnf_grammar\x18\x06 \x01(\tH\x00\x42\x06\n\x04kind\"\x1d\n\nChoiceList\x12\x0f\n\x07\x63hoices\x18\x01 \x03(\t\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"\\\n\tTokenInfo\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12,\n\x0ctop_logprobs\x18\x03 \x03(\x0b\x32\x16.meshllm.v1.TopLogprob\"\xeb\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12%\n\x06tokens\x18\x04 \x03(\x0b\x32\x15.meshllm.v1.TokenInfo\x12/\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x18.meshllm.v1.FinishReason\x12 \n\x05usage\x18\x06 \x01(\x0b\x32\x11.meshllm.v1.Usage\x12(\n\ntool_calls\x18\x07 \x03(\x0b\x32\x14.meshllm.v1.ToolCall\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1f\n\x0e\x43\x61ncelResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x12\n\x10ModelInfoRequest\"\xeb\x01\n\x11ModelInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\r\x12\x12\n\nvocab_size\x18\x05 \x01(\r\x12\x12\n\nnum_layers\x18\x06 \x01(\r\x12\x13\n\x0bhidden_size\x18\x07 \x01(\r\x12\x1c\n\x14max_new_tokens_limit\x18\x08 \x01(\r\x12\x0f\n\x07workers\x18\t \x01(\r\x12\x13\n\x0bqueued_jobs\x18\n \x01(\r*p\n\x0eToolChoiceMode\x12\x14\n\x10TOOL_CHOICE_AUTO\x10\x00\x12\x14\n\x10TOOL_CHOICE_NONE\x10\x01\x12\x18\n\x14TOOL_CHOICE_REQUIRED\x10\x02\x12\x18\n\x14TOOL_CHOICE_FUNCTION\x10\x03\x32\xad\x02\n\nGeneration\x12\x45\n\x08Generate\x12\x1b.meshllm.v1.GenerateRequest\x1a\x1c.meshllm.v1.GenerateResponse\x12M\n\x0eGenerateStream\x12\x1b.meshllm.v1.GenerateRequest\x1a\x1c.meshllm.v1.GenerateResponse0\x01\x12?\n\x06\x43\x61ncel\x12\x19.meshllm.v1.CancelRequest\x1a\x1a.meshllm.v1.CancelResponse\x12H\n\tModelInfo\x12\x1c.meshllm.v1.ModelInfoRequest\x1a\x1d.meshllm.v1.ModelInfoResponseB\x16Z\x14meshllm/v1;meshllmv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmeshllm/v1/generation.proto\x12\nmeshllm.v1\x1a\x17meshllm/v1/common.proto\"\x9d\x02\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\r\n\x05min_p\x18\x04 \x01(\x02\x12\x1f\n\x12repetition_penalty\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x18\n\x10presence_penalty\x18\x06 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x07 \x01(\x02\x12\x11\n\x04seed\x18\x08 \x01(\x04H\x03\x88\x01\x01\x12\x1c\n\x14no_repeat_ngram_size\x18\t \x01(\rB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seed\"\x8d\x01\n\x10StoppingCriteria\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x16\n\x0estop_sequences\x18\x02 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x03 \x03(\r\x12\x12\n\nignore_eos\x18\x04 \x01(\x08\x12\x1d\n\x15include_stop_sequence\x18\x05 \x01(\x08\"V\n\x0fResponseOptions\x12\x10\n\x08logprobs\x18\x01 \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x02 \x01(\r\x12\x1b\n\x13keep_special_tokens\x18\x03 \x01(\x08\"\x7f\n\x04\x43hat\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.meshllm.v1.ChatMessage\x12\x1f\n\x05tools\x18\x02 \x03(\x0b\x32\x10.meshllm.v1.Tool\x12+\n\x0btool_choice\x18\x03 \x01(\x0b\x32\x16.meshllm.v1.ToolChoice\"=\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x12\n\nparameters\x18\x03 \x01(\t\"M\n\nToolChoice\x12(\n\x04mode\x18\x01 \x01(\x0e\x32\x1a.meshllm.v1.ToolChoiceMode\x12\x15\n\rfunction_name\x18\x02 \x01(\t\"\'\n\x0bSpeculation\x12\x18\n\x10num_draft_tokens\x18\x01 \x01(\r\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xf8\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12 \n\x04\x63hat\x18\x03 \x01(\x0b\x32\x10.meshllm.v1.ChatH\x00\x12)\n\ttoken_ids\x18\x04 \x01(\x0b\x32\x14.meshllm.v1.TokenIdsH\x00\x12,\n\x08sampling\x18\x05 \x01(\x0b\x32\x1a.meshllm.v1.SamplingParams\x12.\n\x08stopping\x18\x06 \x01(\x0b\x32\x1c.meshllm.v1.StoppingCriteria\x12-\n\x08response\x18\x07 \x01(\x0b\x32\x1b.meshllm.v1.ResponseOptions\x12,\n\x0bspeculation\x18\n \x01(\x0b\x32\x17.meshllm.v1.Speculation\x12\x30\n\nconstraint\x18\x08 \x01(\x0b\x32\x1c.meshllm.v1.OutputConstraintB\x07\n\x05input\"\xb3\x01\n\x10OutputConstraint\x12\x15\n\x0bjson_schema\x18\x01 \x01(\tH\x00\x12\x15\n\x0bjson_object\x18\x02 \x01(\x08H\x00\x12\x0f\n\x05regex\x18\x03 \x01(\tH\x00\x12(\n\x06\x63hoice\x18\x04 \x01(\x0b\x32\x16.meshllm.v1.ChoiceListH\x00\x12\x16\n\x0clark_grammar\x18\x05 \x01(\tH\x00\x12\x16\n\x0cgbnf_grammar\x18\x06 \x01(\tH\x00\x42\x06\n\x04kind\"\x1d\n\nChoiceList\x12\x0f\n\x07\x63hoices\x18\x01 \x03(\t\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"\\\n\tTokenInfo\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12,\n\x0ctop_logprobs\x18\x03 \x03(\x0b\x32\x16.meshllm.v1.TopLogprob\"\xeb\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12%\n\x06tokens\x18\x04 \x03(\x0b\x32\x15.meshllm.v1.TokenInfo\x12/\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x18.meshllm.v1.FinishReason\x12 \n\x05usage\x18\x06 \x01(\x0b\x32\x11.meshllm.v1.Usage\x12(\n\ntool_calls\x18\x07 \x03(\x0b\x32\x14.meshllm.v1.ToolCall\"#\n\rCancelRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1f\n\x0e\x43\x61ncelResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x12\n\x10ModelInfoRequest\"\xeb\x01\n\x11ModelInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\r\x12\x12\n\nvocab_size\x18\x05 \x01(\r\x12\x12\n\nnum_layers\x18\x06 \x01(\r\x12\x13\n\x0bhidden_size\x18\x07 \x01(\r\x12\x1c\n\x14max_new_tokens_limit\x18\x08 \x01(\r\x12\x0f\n\x07workers\x18\t \x01(\r\x12\x13\n\x0bqueued_jobs\x18\n \x01(\r*p\n\x0eToolChoiceMode\x12\x14\n\x10TOOL_CHOICE_AUTO\x10\x00\x12\x14\n\x10TOOL_CHOICE_NONE\x10\x01\x12\x18\n\x14TOOL_CHOICE_REQUIRED\x10\x02\x12\x18\n\x14TOOL_CHOICE_FUNCTION\x10\x03\x32\xad\x02\n\nGeneration\x12\x45\n\x08Generate\x12\x1b.meshllm.v1.GenerateRequest\x1a\x1c.meshllm.v1.GenerateResponse\x12M\n\x0eGenerateStream\x12\x1b.meshllm.v1.GenerateRequest\x1a\x1c.meshllm.v1.GenerateResponse0\x01\x12?\n\x06\x43\x61ncel\x12\x19.meshllm.v1.CancelRequest\x1a\x1a.meshllm.v1.CancelResponse\x12H\n\tModelInfo\x12\x1c.meshllm.v1.ModelInfoRequest\x1a\x1d.meshllm.v1.ModelInfoResponseB\x16Z\x14meshllm/v1;meshllmv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,44 +33,44 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meshllm.v1.generation_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z\024meshllm/v1;meshllmv1'
-  _globals['_TOOLCHOICEMODE']._serialized_start=2196
-  _globals['_TOOLCHOICEMODE']._serialized_end=2308
+  _globals['_TOOLCHOICEMODE']._serialized_start=2226
+  _globals['_TOOLCHOICEMODE']._serialized_end=2338
   _globals['_SAMPLINGPARAMS']._serialized_start=69
-  _globals['_SAMPLINGPARAMS']._serialized_end=324
-  _globals['_STOPPINGCRITERIA']._serialized_start=327
-  _globals['_STOPPINGCRITERIA']._serialized_end=468
-  _globals['_RESPONSEOPTIONS']._serialized_start=470
-  _globals['_RESPONSEOPTIONS']._serialized_end=556
-  _globals['_CHAT']._serialized_start=558
-  _globals['_CHAT']._serialized_end=685
-  _globals['_TOOL']._serialized_start=687
-  _globals['_TOOL']._serialized_end=748
-  _globals['_TOOLCHOICE']._serialized_start=750
-  _globals['_TOOLCHOICE']._serialized_end=827
-  _globals['_SPECULATION']._serialized_start=829
-  _globals['_SPECULATION']._serialized_end=868
-  _globals['_TOKENIDS']._serialized_start=870
-  _globals['_TOKENIDS']._serialized_end=893
-  _globals['_GENERATEREQUEST']._serialized_start=896
-  _globals['_GENERATEREQUEST']._serialized_end=1272
-  _globals['_OUTPUTCONSTRAINT']._serialized_start=1275
-  _globals['_OUTPUTCONSTRAINT']._serialized_end=1454
-  _globals['_CHOICELIST']._serialized_start=1456
-  _globals['_CHOICELIST']._serialized_end=1485
-  _globals['_TOPLOGPROB']._serialized_start=1487
-  _globals['_TOPLOGPROB']._serialized_end=1534
-  _globals['_TOKENINFO']._serialized_start=1536
-  _globals['_TOKENINFO']._serialized_end=1628
-  _globals['_GENERATERESPONSE']._serialized_start=1631
-  _globals['_GENERATERESPONSE']._serialized_end=1866
-  _globals['_CANCELREQUEST']._serialized_start=1868
-  _globals['_CANCELREQUEST']._serialized_end=1903
-  _globals['_CANCELRESPONSE']._serialized_start=1905
-  _globals['_CANCELRESPONSE']._serialized_end=1936
-  _globals['_MODELINFOREQUEST']._serialized_start=1938
-  _globals['_MODELINFOREQUEST']._serialized_end=1956
-  _globals['_MODELINFORESPONSE']._serialized_start=1959
-  _globals['_MODELINFORESPONSE']._serialized_end=2194
-  _globals['_GENERATION']._serialized_start=2311
-  _globals['_GENERATION']._serialized_end=2612
+  _globals['_SAMPLINGPARAMS']._serialized_end=354
+  _globals['_STOPPINGCRITERIA']._serialized_start=357
+  _globals['_STOPPINGCRITERIA']._serialized_end=498
+  _globals['_RESPONSEOPTIONS']._serialized_start=500
+  _globals['_RESPONSEOPTIONS']._serialized_end=586
+  _globals['_CHAT']._serialized_start=588
+  _globals['_CHAT']._serialized_end=715
+  _globals['_TOOL']._serialized_start=717
+  _globals['_TOOL']._serialized_end=778
+  _globals['_TOOLCHOICE']._serialized_start=780
+  _globals['_TOOLCHOICE']._serialized_end=857
+  _globals['_SPECULATION']._serialized_start=859
+  _globals['_SPECULATION']._serialized_end=898
+  _globals['_TOKENIDS']._serialized_start=900
+  _globals['_TOKENIDS']._serialized_end=923
+  _globals['_GENERATEREQUEST']._serialized_start=926
+  _globals['_GENERATEREQUEST']._serialized_end=1302
+  _globals['_OUTPUTCONSTRAINT']._serialized_start=1305
+  _globals['_OUTPUTCONSTRAINT']._serialized_end=1484
+  _globals['_CHOICELIST']._serialized_start=1486
+  _globals['_CHOICELIST']._serialized_end=1515
+  _globals['_TOPLOGPROB']._serialized_start=1517
+  _globals['_TOPLOGPROB']._serialized_end=1564
+  _globals['_TOKENINFO']._serialized_start=1566
+  _globals['_TOKENINFO']._serialized_end=1658
+  _globals['_GENERATERESPONSE']._serialized_start=1661
+  _globals['_GENERATERESPONSE']._serialized_end=1896
+  _globals['_CANCELREQUEST']._serialized_start=1898
+  _globals['_CANCELREQUEST']._serialized_end=1933
+  _globals['_CANCELRESPONSE']._serialized_start=1935
+  _globals['_CANCELRESPONSE']._serialized_end=1966
+  _globals['_MODELINFOREQUEST']._serialized_start=1968
+  _globals['_MODELINFOREQUEST']._serialized_end=1986
+  _globals['_MODELINFORESPONSE']._serialized_start=1989
+  _globals['_MODELINFORESPONSE']._serialized_end=2224
+  _globals['_GENERATION']._serialized_start=2341
+  _globals['_GENERATION']._serialized_end=2642
 # @@protoc_insertion_point(module_scope)

@@ -220,6 +220,8 @@ class RetrievalConfig:
         "help": "Ask declines when its best source's cosine to the question is below this"})
     answerable_relevance_unknown_term: float = field(default=0.50, metadata={
         "help": "... or below this when the question has a word no document contains"})
+    ask_no_repeat_ngram: int = field(default=8, metadata={
+        "help": "Ask's answers never hold the same this many tokens twice (0: off); a request's sampling overrides"})
     ask_draft_tokens: int = field(default=8, metadata={
         "help": "prompt-lookup draft tokens per step for Ask's answers (0: off); a request may override"})
     contextual_headers: bool = field(default=True, metadata={
@@ -234,6 +236,7 @@ class RetrievalConfig:
 
     def __post_init__(self):
         _check(0 <= self.ask_draft_tokens <= 16, "ask_draft_tokens must be in 0..16")
+        _check(self.ask_no_repeat_ngram == 0 or 2 <= self.ask_no_repeat_ngram <= 64, "ask_no_repeat_ngram: 0 or 2..64")
         _check(8 <= self.chunk_tokens <= 254, "chunk_tokens must be in 8..254 (the encoder reads 256)")
         _check(0 <= self.overlap_tokens < self.chunk_tokens // 2, "overlap_tokens must be < chunk_tokens / 2")
         _check(self.max_document_chars >= 1 and self.max_documents_per_request >= 1, "bad ingest limits")

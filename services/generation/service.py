@@ -99,7 +99,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
             top_p=s.top_p if s.HasField("top_p") else 1.0, min_p=s.min_p,
             repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else 1.0,
             presence_penalty=s.presence_penalty, frequency_penalty=s.frequency_penalty,
-            seed=s.seed if s.HasField("seed") else None)
+            seed=s.seed if s.HasField("seed") else None, no_repeat_ngram_size=s.no_repeat_ngram_size)
         max_new = st.max_new_tokens
         if max_new == 0:
             max_new = min(self.limits.default_max_new_tokens, context - prompt_len)

@@ -219,7 +219,8 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         prompt = build_prompt(self.llm, request.question, hits, self.config.ask_prompt_tokens)
         citations = [_citation(n, h) for n, h in enumerate(prompt.sources, start=1)]
         yield pb.AskResponse(citations=citations, answered_from_sources=True)
-        sampling = generation_pb2.SamplingParams(temperature=0.0)
+        # greedy, and no n-gram twice: a greedy 0.5B model can list "- Compound statements" 60 times
+        sampling = generation_pb2.SamplingParams(temperature=0.0, no_repeat_ngram_size=self.config.ask_no_repeat_ngram)
         if request.HasField("sampling"):
             sampling.CopyFrom(request.sampling)
         speculation = (request.speculation if request.HasField("speculation")
