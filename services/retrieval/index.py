@@ -43,7 +43,7 @@ say says shall she should so some such than that the their them then there these
 those through to too under until up upon us use used uses using very want was way we well were
 what when where whether which while who whom whose why will with within without would yes yet
 you your happen happens happened mean means meant work works difference different example
-explain tell know thing things kind type happen
+explain tell know thing things kind type
 """.split())
 
 
