@@ -433,9 +433,20 @@ def test_a_client_that_disconnects_cancels_the_job(stack, url, stream):
         info = worker_info(stack)                # a heartbeat reports it: the worker dropped the sequence
         if cancelled == before + 1 and info.get("running") == "0" and info["kv_blocks_free"] == info["kv_blocks"]:
             break
-        assert time.monotonic() < deadline, (cancelled, before, info, stack.gateway_proc.log_tail(1500),
-                                             stack.generation.log_tail(1500))
+        assert time.monotonic() < deadline, _cancel_report(stack, method, before, cancelled, info)
         time.sleep(0.2)
+
+
+def _cancel_report(stack, method: str, before: float, cancelled: float, info: dict) -> str:
+    """What a cancellation that did not happen in time leaves behind, most telling first: how
+    Generation counted the calls, what the worker holds, then both services' logs."""
+    text = scrape(stack.generation.metrics_port)
+    codes = {code: metric(text, "meshllm_requests_total", method=method, code=code)
+             for code in ("OK", "CANCELLED", "DEADLINE_EXCEEDED", "UNAVAILABLE", "INTERNAL", "UNKNOWN")}
+    return (f"{method} CANCELLED {before} -> {cancelled}; {method} calls by code {codes}; worker running="
+            f"{info.get('running')} kv_blocks_free={info.get('kv_blocks_free')}/{info.get('kv_blocks')}\n"
+            f"--- gateway log:\n{stack.gateway_proc.log_tail(2500)}\n--- Generation log:\n"
+            f"{stack.generation.log_tail(2500)}")
 
 
 def test_gateway_metrics(stack, client, url):

@@ -24,7 +24,7 @@ def test_contract_names_clients_rely_on():
     assert {"request_id", "sampling", "stopping", "response"} <= set(request.fields_by_name)
     assert set(generation_pb2.SamplingParams.DESCRIPTOR.fields_by_name) == {
         "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
-        "seed"}
+        "seed", "no_repeat_ngram_size"}
     assert set(generation_pb2.StoppingCriteria.DESCRIPTOR.fields_by_name) == {
         "max_new_tokens", "stop_sequences", "stop_token_ids", "ignore_eos", "include_stop_sequence"}
     assert set(common_pb2.Usage.DESCRIPTOR.fields_by_name) == {"prompt_tokens", "completion_tokens",

@@ -81,7 +81,8 @@ class _CallBoundary:
     async def __aexit__(self, exc_type, exc, tb) -> bool:
         code = grpc.StatusCode.OK
         try:
-            if isinstance(exc, asyncio.CancelledError):
+            if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+                # the caller went away: a task cancel, or grpc.aio closing a stream's generator
                 code = grpc.StatusCode.CANCELLED
             elif isinstance(exc, grpc.aio.AbortError):       # the method aborted with its own status
                 code = self.context.code() or grpc.StatusCode.UNKNOWN
