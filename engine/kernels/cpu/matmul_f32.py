@@ -4,15 +4,26 @@
   (dot_f32.dot_row); the row stays in L1 across the tokens. For decode in the exact mode.
 - matmul_tiles_f32: rows are dequantized four at a time into an f32 tile, then a 4x4 register-blocked
   product runs over the tokens, so decoding costs once per row, not per token. For batches.
+- matmul_panels_f32: rows are dequantized sixteen at a time into a packed panel (k-major: the
+  sixteen rows' weights at k are one vector), then each group of six tokens is an outer-product
+  tile: per k, one panel vector times six broadcast activations into six accumulators. Its 4x4
+  sibling keeps sixteen 16-lane accumulators, which on a host without AVX-512 are 32 of AVX2's 16
+  registers: it spills, and streams every token's row once per four weight rows. For long
+  batches (prefill) where a 16-lane vector is two registers (matmul.PANEL_GEMM).
+
+Both batch paths give a token the same result whatever the batch around it: each output is one
+fixed-order sum (a 16-lane dot product then store_hsum4's tree; or one lane's sum over k).
 """
 import numpy as np
 from numba import njit, prange
 
-from ..simd import hsum, store_hsum4, vadd, vfma, vload, vzero
+from ..simd import hsum, store_hsum4, vadd, vfma, vload, vsplat, vstore, vzero
 from .dequant import dequantize_row
 from .dot_f32 import XSUM_PAD, dot_row
 
 _ROW_TILE = 4
+_PANEL_ROWS = 16      # weight rows per packed panel: one 16-lane vector per k
+_PANEL_TOKENS = 6     # tokens per outer-product tile: six accumulators (12 AVX2 registers)
 _CHUNKS = 32          # parallel chunks of a batch product: a few per thread, each with its own scratch
 
 
@@ -111,3 +122,59 @@ def matmul_tiles_f32(w, ggml_type, x, out):
             for i in range(rows):
                 for t in range(T):
                     out[t, r + i] = tile_out[t, i]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _panel_tile(panel, x, t, tile_out):
+    """tile_out[i] = x[t + i] @ panel for i < 6 (a token past the batch's end repeats its last one);
+    panel (K * 16,) f32 k-major: panel[k * 16 + j] = W[j, k]. tile_out (6, 16) f32."""
+    last = x.shape[0] - 1
+    x0 = x[t]
+    x1 = x[min(t + 1, last)]
+    x2 = x[min(t + 2, last)]
+    x3 = x[min(t + 3, last)]
+    x4 = x[min(t + 4, last)]
+    x5 = x[min(t + 5, last)]
+    a0 = vzero(); a1 = vzero(); a2 = vzero(); a3 = vzero(); a4 = vzero(); a5 = vzero()
+    for k in range(x.shape[1]):
+        b = vload(panel, k * _PANEL_ROWS)
+        a0 = vfma(vsplat(x0[k]), b, a0)
+        a1 = vfma(vsplat(x1[k]), b, a1)
+        a2 = vfma(vsplat(x2[k]), b, a2)
+        a3 = vfma(vsplat(x3[k]), b, a3)
+        a4 = vfma(vsplat(x4[k]), b, a4)
+        a5 = vfma(vsplat(x5[k]), b, a5)
+    vstore(tile_out[0], 0, a0)
+    vstore(tile_out[1], 0, a1)
+    vstore(tile_out[2], 0, a2)
+    vstore(tile_out[3], 0, a3)
+    vstore(tile_out[4], 0, a4)
+    vstore(tile_out[5], 0, a5)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def matmul_panels_f32(w, ggml_type, x, out):
+    """Batch path for long batches: out (T, N) = x (T, K) @ W^T, sixteen rows dequantized into a
+    packed panel at a time, then 6-token outer-product tiles over it (module docstring)."""
+    N = w.shape[0]
+    K = x.shape[1]
+    T = x.shape[0]
+    n_panels = (N + _PANEL_ROWS - 1) // _PANEL_ROWS
+    n_chunks = min(n_panels, _CHUNKS)
+    for chunk in prange(n_chunks):
+        rows = np.zeros((_PANEL_ROWS, K), np.float32)         # a last panel's missing rows stay 0
+        panel = np.empty(K * _PANEL_ROWS, np.float32)
+        tile_out = np.empty((_PANEL_TOKENS, _PANEL_ROWS), np.float32)
+        for p in range(chunk * n_panels // n_chunks, (chunk + 1) * n_panels // n_chunks):
+            r = p * _PANEL_ROWS
+            n_rows = min(_PANEL_ROWS, N - r)
+            for i in range(n_rows):
+                dequantize_row(ggml_type, w[r + i], rows[i])
+            for k in range(K):
+                for j in range(_PANEL_ROWS):
+                    panel[k * _PANEL_ROWS + j] = rows[j, k]
+            for t in range(0, T, _PANEL_TOKENS):
+                _panel_tile(panel, x, t, tile_out)
+                for i in range(min(_PANEL_TOKENS, T - t)):
+                    for j in range(n_rows):
+                        out[t + i, r + j] = tile_out[i, j]
