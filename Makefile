@@ -4,9 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.meshllm-installed
 PEERS := .venv-peers
-# llama.cpp's default build uses AMX on this machine class and crashes at the first evaluation
-LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON \
-	-DGGML_AVX512_VNNI=ON -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF
+# llama.cpp's default build uses AMX on this machine class and crashes at the first evaluation;
+# AVX-512 only where the CPU has it (on an AVX2-only EPYC it dies of an illegal instruction)
+CPU_FLAGS := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
+ON_IF = $(if $(filter $(1),$(CPU_FLAGS)),ON,OFF)
+LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AVX512=$(call ON_IF,avx512f) -DGGML_AVX512_VNNI=$(call ON_IF,avx512_vnni) \
+	-DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF
 
 NODE_CLIENT := clients/node
 
