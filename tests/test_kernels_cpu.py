@@ -6,8 +6,13 @@ from numba import njit
 
 from engine.kernels import reference as R
 from engine.kernels.cpu.attention import paged_attention, write_kv
-from engine.kernels.cpu.matmul import GEMM_MIN_TOKENS, PANEL_GEMM, PANEL_MIN_TOKENS, matmul
-from engine.kernels.cpu.matmul_f32 import matmul_panels_f32, matmul_tiles_f32
+from engine.kernels.cpu.matmul import (
+    GEMM_MIN_TOKENS,
+    OUTER_PRODUCT_GEMM,
+    TOKEN_VECTOR_MIN_TOKENS,
+    matmul,
+)
+from engine.kernels.cpu.matmul_f32 import matmul_tiles_f32, matmul_token_vectors_f32
 from engine.kernels.cpu.matmul_q8 import matmul_q8, quantize_rows
 from engine.kernels.cpu.ops import add_inplace, embed, rms_norm, rope, rope_tables, silu_mul
 from engine.kernels.ggml_types import INT8_ACTIVATION_TYPES, INT8_KERNEL_TYPES
@@ -40,41 +45,44 @@ def test_matmul_float32_activations(ggml_type, tokens, rng):
 
 
 @pytest.mark.parametrize("ggml_type", TYPES, ids=NAMES)
-@pytest.mark.parametrize("tokens", [1, 5, 6, 13])
-def test_matmul_packed_panels(ggml_type, tokens, rng):
-    """The panel GEMM (the batch path on hosts without AVX-512), called directly so that every host
-    tests it: a ragged row count (a last panel of 5 rows) and token counts around its tile of 6."""
+@pytest.mark.parametrize("tokens", [1, 6, 17])
+def test_matmul_token_vectors(ggml_type, tokens, rng):
+    """The outer-product GEMM (the batch path on hosts without AVX-512), called directly so that
+    every host tests it: a ragged row count (a last tile of one row), token counts around its
+    vectors of sixteen."""
     N, K = 37, 768
     w = random_blocks(ggml_type, N, K, rng)
     x = activations(rng, tokens, K)
     out = np.empty((tokens, N), np.float32)
-    matmul_panels_f32(w, ggml_type, x, out)
+    matmul_token_vectors_f32(w, ggml_type, x, out)
     ref = R.matmul(w, ggml_type, x)
     np.testing.assert_allclose(out, ref, rtol=0, atol=2e-6 * np.abs(ref).max())
 
 
-@pytest.mark.parametrize("kernel", [matmul_panels_f32, matmul_tiles_f32], ids=["panels", "tiles"])
+@pytest.mark.parametrize("kernel", [matmul_token_vectors_f32, matmul_tiles_f32], ids=["token_vectors", "tiles"])
 def test_a_tokens_batch_product_does_not_depend_on_the_batch_around_it(kernel, rng):
     """Bit for bit: a sequence's logits must not change with what else a step batches with it."""
-    w = random_blocks(QUANT_TYPES_BY_NAME["Q4_K"], 40, 512, rng)
-    x = activations(rng, 13, 512)
-    together = np.empty((13, 40), np.float32)
-    kernel(w, QUANT_TYPES_BY_NAME["Q4_K"], x, together)
-    for lo, hi in ((0, 6), (5, 9), (12, 13), (3, 13)):
+    ggml_type = QUANT_TYPES_BY_NAME["Q4_K"]
+    w = random_blocks(ggml_type, 40, 512, rng)
+    x = activations(rng, 37, 512)
+    together = np.empty((37, 40), np.float32)
+    kernel(w, ggml_type, x, together)
+    for lo, hi in ((0, 6), (5, 9), (12, 13), (3, 37), (16, 33)):
         alone = np.empty((hi - lo, 40), np.float32)
-        kernel(w, QUANT_TYPES_BY_NAME["Q4_K"], np.ascontiguousarray(x[lo:hi]), alone)
+        kernel(w, ggml_type, np.ascontiguousarray(x[lo:hi]), alone)
         np.testing.assert_array_equal(alone, together[lo:hi])
 
 
-def test_long_batches_take_the_panels_on_hosts_without_avx512(rng):
+@pytest.mark.parametrize("tokens", [TOKEN_VECTOR_MIN_TOKENS, 40])
+def test_batches_take_the_outer_product_on_hosts_without_avx512(tokens, rng):
     ggml_type = QUANT_TYPES_BY_NAME["Q8_0"]
     w = random_blocks(ggml_type, 48, 256, rng)
-    x = activations(rng, PANEL_MIN_TOKENS, 256)
-    dispatched, panels, tiles = (np.empty((PANEL_MIN_TOKENS, 48), np.float32) for _ in range(3))
+    x = activations(rng, tokens, 256)
+    dispatched, outer, tiles = (np.empty((tokens, 48), np.float32) for _ in range(3))
     matmul(w, ggml_type, x, dispatched, False)
-    matmul_panels_f32(w, ggml_type, x, panels)
+    matmul_token_vectors_f32(w, ggml_type, x, outer)
     matmul_tiles_f32(w, ggml_type, x, tiles)
-    np.testing.assert_array_equal(dispatched, panels if PANEL_GEMM else tiles)
+    np.testing.assert_array_equal(dispatched, outer if OUTER_PRODUCT_GEMM else tiles)
 
 
 def quantized_activations(x):

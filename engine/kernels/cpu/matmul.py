@@ -8,23 +8,24 @@ Three paths, chosen by the number of tokens T:
   ggml_types.INT8_ACTIVATION_TYPES (where it is the faster kernel): x is quantized to int8 per 16
   values and integer dot products run on the weight blocks (matmul_q8.py), as llama.cpp does.
 - T < GEMM_MIN_TOKENS (decode, exact mode): float32 dot products on the blocks (matmul_f32.py, dot_f32.py).
-- otherwise (prefill, batched decode): dequantized weights and a float32 GEMM (matmul_f32.py):
-  packed panels and outer-product tiles from PANEL_MIN_TOKENS tokens on a host without AVX-512
-  (matmul_panels_f32: 2.3-2.6x the 4x4 tiles at 512 tokens on an AVX2 EPYC, `python
-  bench/bench_gemm.py`), the 4x4 dot-product tiles otherwise (matmul_tiles_f32). Below 32 tokens
-  repacking a panel costs more than the tiles lose; the panels have not been measured on an
-  AVX-512 host yet, so it keeps the tiles its numbers were measured with.
+- otherwise (prefill, batched decode): dequantized weights and a float32 GEMM (matmul_f32.py).
+  On a host without AVX-512 (OUTER_PRODUCT_GEMM), from TOKEN_VECTOR_MIN_TOKENS tokens, an outer
+  product over vectors of sixteen tokens that keeps six 16-lane accumulators
+  (matmul_token_vectors_f32): on an AVX2-only EPYC 1.8-2.2x the 4x4 dot-product tiles at 16
+  tokens, 2.2-2.9x from 32 to 512 (`python bench/bench_gemm.py`). Elsewhere, and below 8 tokens
+  where the 4x4 tiles are faster, matmul_tiles_f32; the outer product has not been measured on an
+  AVX-512 host yet, so those keep the tiles their numbers were measured with.
 """
 import numpy as np
 from numba import njit
 
 from ..cpu_features import HAS_AVX512F
-from .matmul_f32 import block_sums, matmul_panels_f32, matmul_rows_f32, matmul_tiles_f32
+from .matmul_f32 import block_sums, matmul_rows_f32, matmul_tiles_f32, matmul_token_vectors_f32
 from .matmul_q8 import int8_pays, matmul_q8, quantize_rows
 
 GEMM_MIN_TOKENS = 4
-PANEL_MIN_TOKENS = 32
-PANEL_GEMM = not HAS_AVX512F
+TOKEN_VECTOR_MIN_TOKENS = 8
+OUTER_PRODUCT_GEMM = not HAS_AVX512F
 
 
 @njit(cache=True, nogil=True)
@@ -39,7 +40,7 @@ def matmul(w, ggml_type, x, out, int8_activations):
         matmul_q8(w, ggml_type, qx, dx, xqsum16, out)
     elif T < GEMM_MIN_TOKENS:
         matmul_rows_f32(w, ggml_type, x, block_sums(x), out)
-    elif PANEL_GEMM and T >= PANEL_MIN_TOKENS:
-        matmul_panels_f32(w, ggml_type, x, out)
+    elif OUTER_PRODUCT_GEMM and T >= TOKEN_VECTOR_MIN_TOKENS:
+        matmul_token_vectors_f32(w, ggml_type, x, out)
     else:
         matmul_tiles_f32(w, ggml_type, x, out)

@@ -4,15 +4,17 @@
   (dot_f32.dot_row); the row stays in L1 across the tokens. For decode in the exact mode.
 - matmul_tiles_f32: rows are dequantized four at a time into an f32 tile, then a 4x4 register-blocked
   product runs over the tokens, so decoding costs once per row, not per token. For batches.
-- matmul_panels_f32: rows are dequantized sixteen at a time into a packed panel (k-major: the
-  sixteen rows' weights at k are one vector), then each group of six tokens is an outer-product
-  tile: per k, one panel vector times six broadcast activations into six accumulators. Its 4x4
-  sibling keeps sixteen 16-lane accumulators, which on a host without AVX-512 are 32 of AVX2's 16
-  registers: it spills, and streams every token's row once per four weight rows. For long
-  batches (prefill) where a 16-lane vector is two registers (matmul.PANEL_GEMM).
+- matmul_token_vectors_f32: an outer product instead of dot products. The batch is transposed
+  once into vectors of sixteen tokens (k-major), rows are dequantized six at a time, and per k
+  one token vector times six broadcast weights goes into six accumulators. The 4x4 tiles keep
+  sixteen 16-lane accumulators, which on a host without AVX-512 are 32 of AVX2's 16 registers:
+  they spill, and stream every token's row once per four weight rows. For batches of 8 tokens or
+  more where a 16-lane vector is two registers (matmul.OUTER_PRODUCT_GEMM). (Packing sixteen
+  weight rows k-major instead, six tokens broadcast, measured no faster even at 512 tokens and
+  slower below 128: the repacking per panel costs what the tile saves.)
 
 Both batch paths give a token the same result whatever the batch around it: each output is one
-fixed-order sum (a 16-lane dot product then store_hsum4's tree; or one lane's sum over k).
+fixed-order sum (a 16-lane dot product then store_hsum4's tree; or one lane's fma over k in order).
 """
 import numpy as np
 from numba import njit, prange
@@ -22,8 +24,8 @@ from .dequant import dequantize_row
 from .dot_f32 import XSUM_PAD, dot_row
 
 _ROW_TILE = 4
-_PANEL_ROWS = 16      # weight rows per packed panel: one 16-lane vector per k
-_PANEL_TOKENS = 6     # tokens per outer-product tile: six accumulators (12 AVX2 registers)
+_VECTOR_ROWS = 6      # weight rows per token-vector tile: six accumulators (12 AVX2 registers)
+_TOKEN_VECTOR = 16    # tokens per token vector
 _CHUNKS = 32          # parallel chunks of a batch product: a few per thread, each with its own scratch
 
 
@@ -125,25 +127,24 @@ def matmul_tiles_f32(w, ggml_type, x, out):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _panel_tile(panel, x, t, tile_out):
-    """tile_out[i] = x[t + i] @ panel for i < 6 (a token past the batch's end repeats its last one);
-    panel (K * 16,) f32 k-major: panel[k * 16 + j] = W[j, k]. tile_out (6, 16) f32."""
-    last = x.shape[0] - 1
-    x0 = x[t]
-    x1 = x[min(t + 1, last)]
-    x2 = x[min(t + 2, last)]
-    x3 = x[min(t + 3, last)]
-    x4 = x[min(t + 4, last)]
-    x5 = x[min(t + 5, last)]
+def _token_vector_tile(rows, xv, tile_out):
+    """tile_out[i] = sum_k rows[i, k] * xv[k * 16 : k * 16 + 16] for i < 6: six weight rows against
+    one vector of sixteen tokens. rows (6, K) f32 dequantized, xv (K * 16,) f32 k-major, tile_out (6, 16)."""
+    w0 = rows[0]
+    w1 = rows[1]
+    w2 = rows[2]
+    w3 = rows[3]
+    w4 = rows[4]
+    w5 = rows[5]
     a0 = vzero(); a1 = vzero(); a2 = vzero(); a3 = vzero(); a4 = vzero(); a5 = vzero()
-    for k in range(x.shape[1]):
-        b = vload(panel, k * _PANEL_ROWS)
-        a0 = vfma(vsplat(x0[k]), b, a0)
-        a1 = vfma(vsplat(x1[k]), b, a1)
-        a2 = vfma(vsplat(x2[k]), b, a2)
-        a3 = vfma(vsplat(x3[k]), b, a3)
-        a4 = vfma(vsplat(x4[k]), b, a4)
-        a5 = vfma(vsplat(x5[k]), b, a5)
+    for k in range(rows.shape[1]):
+        b = vload(xv, k * _TOKEN_VECTOR)
+        a0 = vfma(vsplat(w0[k]), b, a0)
+        a1 = vfma(vsplat(w1[k]), b, a1)
+        a2 = vfma(vsplat(w2[k]), b, a2)
+        a3 = vfma(vsplat(w3[k]), b, a3)
+        a4 = vfma(vsplat(w4[k]), b, a4)
+        a5 = vfma(vsplat(w5[k]), b, a5)
     vstore(tile_out[0], 0, a0)
     vstore(tile_out[1], 0, a1)
     vstore(tile_out[2], 0, a2)
@@ -153,28 +154,31 @@ def _panel_tile(panel, x, t, tile_out):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def matmul_panels_f32(w, ggml_type, x, out):
-    """Batch path for long batches: out (T, N) = x (T, K) @ W^T, sixteen rows dequantized into a
-    packed panel at a time, then 6-token outer-product tiles over it (module docstring)."""
+def matmul_token_vectors_f32(w, ggml_type, x, out):
+    """Batch path without AVX-512: out (T, N) = x (T, K) @ W^T with x transposed into vectors
+    of sixteen tokens (xt[v, k * 16 + l] = x[16 v + l, k], zero past T) and six rows dequantized
+    at a time (module docstring)."""
     N = w.shape[0]
     K = x.shape[1]
     T = x.shape[0]
-    n_panels = (N + _PANEL_ROWS - 1) // _PANEL_ROWS
-    n_chunks = min(n_panels, _CHUNKS)
+    n_vectors = (T + _TOKEN_VECTOR - 1) // _TOKEN_VECTOR
+    xt = np.zeros((n_vectors, K * _TOKEN_VECTOR), np.float32)
+    for t in range(T):
+        v, lane = divmod(t, _TOKEN_VECTOR)
+        for k in range(K):
+            xt[v, k * _TOKEN_VECTOR + lane] = x[t, k]
+    n_tiles = (N + _VECTOR_ROWS - 1) // _VECTOR_ROWS
+    n_chunks = min(n_tiles, _CHUNKS)
     for chunk in prange(n_chunks):
-        rows = np.zeros((_PANEL_ROWS, K), np.float32)         # a last panel's missing rows stay 0
-        panel = np.empty(K * _PANEL_ROWS, np.float32)
-        tile_out = np.empty((_PANEL_TOKENS, _PANEL_ROWS), np.float32)
-        for p in range(chunk * n_panels // n_chunks, (chunk + 1) * n_panels // n_chunks):
-            r = p * _PANEL_ROWS
-            n_rows = min(_PANEL_ROWS, N - r)
+        rows = np.zeros((_VECTOR_ROWS, K), np.float32)         # a last tile's missing rows stay 0
+        tile_out = np.empty((_VECTOR_ROWS, _TOKEN_VECTOR), np.float32)
+        for tile in range(chunk * n_tiles // n_chunks, (chunk + 1) * n_tiles // n_chunks):
+            r = tile * _VECTOR_ROWS
+            n_rows = min(_VECTOR_ROWS, N - r)
             for i in range(n_rows):
                 dequantize_row(ggml_type, w[r + i], rows[i])
-            for k in range(K):
-                for j in range(_PANEL_ROWS):
-                    panel[k * _PANEL_ROWS + j] = rows[j, k]
-            for t in range(0, T, _PANEL_TOKENS):
-                _panel_tile(panel, x, t, tile_out)
-                for i in range(min(_PANEL_TOKENS, T - t)):
-                    for j in range(n_rows):
-                        out[t + i, r + j] = tile_out[i, j]
+            for v in range(n_vectors):
+                _token_vector_tile(rows, xt[v], tile_out)
+                for lane in range(min(_TOKEN_VECTOR, T - v * _TOKEN_VECTOR)):
+                    for i in range(n_rows):
+                        out[v * _TOKEN_VECTOR + lane, r + i] = tile_out[i, lane]
