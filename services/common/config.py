@@ -212,6 +212,8 @@ class RetrievalConfig:
     overlap_tokens: int = field(default=32, metadata={"help": "tokens shared by neighbouring chunks"})
     max_document_chars: int = field(default=2_000_000, metadata={"help": "largest document accepted"})
     max_documents_per_request: int = field(default=1000, metadata={"help": "documents in one Ingest call"})
+    ask_sources: int = field(default=4, metadata={
+        "help": "sources Ask hands the model when a request leaves top_k 0 (best first, within ask_prompt_tokens)"})
     ask_prompt_tokens: int = field(default=2048, metadata={
         "help": "prompt budget of Ask (sources + question), in the generation model's tokens"})
     min_relevance: float = field(default=0.25, metadata={
@@ -241,6 +243,7 @@ class RetrievalConfig:
         _check(0 <= self.overlap_tokens < self.chunk_tokens // 2, "overlap_tokens must be < chunk_tokens / 2")
         _check(self.max_document_chars >= 1 and self.max_documents_per_request >= 1, "bad ingest limits")
         _check(256 <= self.ask_prompt_tokens, "ask_prompt_tokens must be >= 256")
+        _check(1 <= self.ask_sources <= 20, "ask_sources must be in 1..20")
         _check(-1.0 <= self.min_relevance <= 1.0, "min_relevance is a cosine similarity, in [-1, 1]")
         _check(-1.0 <= self.answerable_relevance <= self.answerable_relevance_unknown_term <= 1.0,
                "answerable_relevance <= answerable_relevance_unknown_term, both cosines in [-1, 1]")

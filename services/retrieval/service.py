@@ -201,7 +201,8 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
     async def Ask(self, request, context):
         if not self.llm.has_chat_template:
             raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, ASK_NEEDS_CHAT_MODEL.format(self.llm.config.name))
-        top_k, mode = self._search_args(request.question, request.top_k, request.mode, 20, 4)
+        top_k, mode = self._search_args(request.question, request.top_k, request.mode, 20,
+                                          self.config.ask_sources)
         if request.max_new_tokens > 2048:
             raise InvalidRequest("max_new_tokens must be at most 2048")
         found = await self.search(request.question, top_k, mode, list(request.sources), rpc="Ask")
