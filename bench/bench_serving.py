@@ -1,6 +1,6 @@
 """Serving-engine benchmark: continuous batching and the prefix cache. Prints JSON.
 
-    python bench/bench_serving.py [--threads 2] [--tokens 64]
+    python bench/bench_serving.py [--model NAME] [--threads 2] [--tokens 64] [--fast]
 
 - Aggregate decode tok/s at 1, 4, 16 and 64 concurrent sequences: that many 16-token prompts
   admitted together, then the decode steps timed (tokens generated / seconds).
@@ -79,16 +79,21 @@ def prefix_cache_ttft(llm) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="catalogue name or GGUF path (default: the default model)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=64, help="tokens generated per sequence")
     ap.add_argument("--fast", action="store_true", help="int8 activations in decode")
     args = ap.parse_args()
     from engine.runtime import configure
     configure(args.threads)
+    from bench_engine import cpu_name
+
     from engine.llm import LLM
-    llm = LLM.load(int8_activations=args.fast)
+    from engine.model_registry import DEFAULT_MODEL
+    llm = LLM.load(args.model, int8_activations=args.fast)
     llm.warm_up()
-    result = {"engine": "meshllm", "mode": "fast" if args.fast else "exact", "threads": args.threads}
+    result = {"engine": "meshllm", "model": args.model or DEFAULT_MODEL, "cpu": cpu_name(),
+              "mode": "fast" if args.fast else "exact", "threads": args.threads}
     for n in (1, 4, 16, 64):
         result[f"decode_tok_s_{n}_seqs"] = round(float(np.median([decode_throughput(llm, n, args.tokens)
                                                                   for _ in range(2)])), 1)
