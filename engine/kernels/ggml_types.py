@@ -9,10 +9,10 @@ SUPPORTED_TYPES = (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_
 # have an int8-activation kernel (matmul_q8.has_int8_kernel says the same inside njit code)
 INT8_KERNEL_TYPES = (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)
 # the ones the fast mode computes with int8 activations (matmul_q8.int8_pays): where the int8 kernel
-# beats the float32 one (`python bench/bench_kernels.py`, int8 time over float32 time: Q4_K 0.73,
-# Q5_K 0.56, Q6_K 0.38 on a Zen 4 EPYC with VNNI; 0.62, 0.45, 0.36 on an AVX2-only EPYC). Q5_0 does
-# not (1.08 on Zen 4), so fast mode computes it in float32 as the exact mode does; the float types
-# (F32, F16, BF16) too. Q8_0 only with VNNI: without it, two instructions a dpbusd make its int8
-# kernel 1.25x the float32 one (AVX2-only EPYC), where its float32 kernel is at its fastest.
-Q8_0_INT8_PAYS = HAS_VNNI
-INT8_ACTIVATION_TYPES = (Q4_0, Q4_1, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) + ((Q8_0,) if Q8_0_INT8_PAYS else ())
+# beats the float32 one on this kind of host (`python bench/bench_kernels.py`, int8 time over
+# float32 time). With VNNI (Zen 4 EPYC): Q4_K 0.73, Q5_K 0.56, Q6_K 0.38, Q5_0 0.96-1.08, so Q5_0
+# stays float32. Without (AVX2-only EPYC, where a dpbusd is two instructions): Q4_K 0.56-0.64,
+# Q5_K 0.44-0.47, Q6_K 0.32-0.36, but Q8_0 1.09-1.25 and Q4_1 1.05-1.31, whose float32 kernels
+# are the cheapest; Q5_0 0.82-0.86 there, but the 0.5B model's fast decode (mostly Q5_0) did not
+# measurably gain from it, so it stays float32 everywhere. The float types are always float32.
+INT8_ACTIVATION_TYPES = (Q4_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) + ((Q4_1, Q8_0) if HAS_VNNI else ())

@@ -22,7 +22,8 @@ instead of w . (xq - x) over the centred weights, about twice as large on real a
 import numpy as np
 from numba import literally, njit, prange
 
-from ..ggml_types import Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, Q8_0_INT8_PAYS
+from ..cpu_features import HAS_VNNI
+from ..ggml_types import Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
 from ..simd import (
     hsum,
     itof,
@@ -318,8 +319,10 @@ def _row_dot(ggml_type, row, qx, dx, xqsum16):
 @njit(cache=True, nogil=True, inline="always")
 def int8_pays(ggml_type):
     """ggml_type in INT8_ACTIVATION_TYPES: the fast mode's dispatch (its int8 kernel is the faster one)."""
-    return (ggml_type == Q4_0 or ggml_type == Q4_1 or ggml_type == Q5_1 or (ggml_type == Q8_0 and Q8_0_INT8_PAYS)
-            or ggml_type == Q2_K or ggml_type == Q3_K or ggml_type == Q4_K or ggml_type == Q5_K or ggml_type == Q6_K)
+    if ggml_type == Q4_1 or ggml_type == Q8_0:
+        return HAS_VNNI
+    return (ggml_type == Q4_0 or ggml_type == Q5_1 or ggml_type == Q2_K or ggml_type == Q3_K or ggml_type == Q4_K
+            or ggml_type == Q5_K or ggml_type == Q6_K)
 
 
 @njit(cache=True, nogil=True, inline="always")
