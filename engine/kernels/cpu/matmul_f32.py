@@ -170,7 +170,7 @@ def matmul_token_vectors_f32(w, ggml_type, x, out):
     n_tiles = (N + _VECTOR_ROWS - 1) // _VECTOR_ROWS
     n_chunks = min(n_tiles, _CHUNKS)
     for chunk in prange(n_chunks):
-        rows = np.zeros((_VECTOR_ROWS, K), np.float32)         # a last tile's missing rows stay 0
+        rows = np.zeros((_VECTOR_ROWS, K), np.float32)         # rows past N: computed, never written
         tile_out = np.empty((_VECTOR_ROWS, _TOKEN_VECTOR), np.float32)
         for tile in range(chunk * n_tiles // n_chunks, (chunk + 1) * n_tiles // n_chunks):
             r = tile * _VECTOR_ROWS
