@@ -1,7 +1,7 @@
 """Products with float32 activations over weights in their GGML blocks (CPU, numba).
 
 - matmul_rows_f32: every weight row is decoded in registers and dotted with each token
-  (dot_f32.dot_row); the row stays in L1 across the tokens. For decode in the exact mode.
+  (dot_f32.rows_f32); the row stays in L1 across the tokens. For decode in the exact mode.
 - matmul_tiles_f32: rows are dequantized four at a time into an f32 tile, then a 4x4 register-blocked
   product runs over the tokens, so decoding costs once per row, not per token. For batches.
 - matmul_token_vectors_f32: an outer product instead of dot products. The batch is transposed
@@ -21,7 +21,8 @@ from numba import njit, prange
 
 from ..simd import hsum, store_hsum4, vadd, vfma, vload, vsplat, vstore, vzero
 from .dequant import dequantize_row
-from .dot_f32 import XSUM_PAD, dot_row
+from .dot_f32 import XSUM_PAD, rows_f32
+from .matmul_q8 import ROW_RANGE
 
 _ROW_TILE = 4
 _VECTOR_ROWS = 6      # weight rows per token-vector tile: six accumulators (12 AVX2 registers)
@@ -88,11 +89,11 @@ def _gemm_1x4(w0, w1, w2, w3, xt, out, t, r):
 
 @njit(cache=True, nogil=True, parallel=True)
 def matmul_rows_f32(w, ggml_type, x, xsum, out):
-    """Decode path: out[t, r] = dot(w[r], x[t]) for every row r (in parallel) and token t."""
-    for r in prange(w.shape[0]):
-        row = w[r]
-        for t in range(x.shape[0]):
-            out[t, r] = dot_row(ggml_type, row, x[t], xsum[t])
+    """Decode path: out[t, r] = dot(w[r], x[t]) for every row r and token t, ranges of
+    ROW_RANGE rows in parallel."""
+    n_ranges = (w.shape[0] + ROW_RANGE - 1) // ROW_RANGE
+    for i in prange(n_ranges):
+        rows_f32(ggml_type, w, i * ROW_RANGE, min(i * ROW_RANGE + ROW_RANGE, w.shape[0]), x, xsum, out)
 
 
 @njit(cache=True, nogil=True, parallel=True)

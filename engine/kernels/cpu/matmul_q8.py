@@ -18,9 +18,11 @@ instead of w . (xq - x) over the centred weights, about twice as large on real a
 
     quantize_rows(x (T, K) f32) -> qx (T, K) i8, dx (T, K/16) f32, xqsum16 (T, K/16) f32
     matmul_q8(w (N, row_bytes) u8, ggml_type, qx, dx, xqsum16, out (T, N) f32)
+    rows_q8(ggml_type, w, r0, r1, qx, dx, xqsum16, out): the rows r0 <= r < r1 only
 """
 import numpy as np
-from numba import literally, njit, prange
+from numba import literally, njit, prange, types
+from numba.extending import overload
 
 from ..cpu_features import HAS_VNNI
 from ..ggml_types import Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
@@ -63,9 +65,11 @@ from ..simd_int8 import (
     vsplat8x2,
     vzero8,
 )
+from ..views import borrowed_row
 from .dequant import q3_k_scale
 
 _f32 = np.float32
+ROW_RANGE = 16        # rows per parallel work item of the decode products
 
 
 @njit(cache=True, nogil=True)
@@ -248,19 +252,27 @@ def _q6_k_super(row, sb, qx, dx, xqsum16, acc0, acc1, offset):
     return acc0, acc1, offset
 
 
-@njit(cache=True, nogil=True, inline="always")
+_SUPER_BLOCK_OF_TYPE = {Q4_K: _q4_k_super, Q5_K: _q5_k_super, Q6_K: _q6_k_super}
+
+
 def _super_block(ggml_type, row, sb, qx, dx, xqsum16, acc0, acc1, offset):
-    if ggml_type == Q4_K:
-        return _q4_k_super(row, sb, qx, dx, xqsum16, acc0, acc1, offset)
-    if ggml_type == Q5_K:
-        return _q5_k_super(row, sb, qx, dx, xqsum16, acc0, acc1, offset)
-    return _q6_k_super(row, sb, qx, dx, xqsum16, acc0, acc1, offset)
+    raise TypeError("njit code only")
 
 
-@njit(cache=True, nogil=True)
+@overload(_super_block, inline="always", prefer_literal=True)
+def _super_block_of_type(ggml_type, row, sb, qx, dx, xqsum16, acc0, acc1, offset):
+    if not isinstance(ggml_type, types.IntegerLiteral):
+        return None
+    update = _SUPER_BLOCK_OF_TYPE[ggml_type.literal_value]
+
+    def impl(ggml_type, row, sb, qx, dx, xqsum16, acc0, acc1, offset):
+        return update(row, sb, qx, dx, xqsum16, acc0, acc1, offset)
+    return impl
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _row_dot_k(ggml_type, row, qx, dx, xqsum16):
     """As _row_dot for Q4_K, Q5_K and Q6_K, a super-block at a time."""
-    literally(ggml_type)
     acc0 = vzero8()
     acc1 = vzero8()
     offset = vzero()
@@ -271,21 +283,22 @@ def _row_dot_k(ggml_type, row, qx, dx, xqsum16):
 
 # ------------------------------------------------------------------ rows
 
-@njit(cache=True, nogil=True, inline="always")
+_BLOCK_OF_TYPE = {Q4_0: _q4_0, Q4_1: _q4_1, Q5_0: _q5_0, Q5_1: _q5_1, Q8_0: _q8_0, Q3_K: _q3_k, Q2_K: _q2_k}
+
+
 def _block(ggml_type, row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
-    if ggml_type == Q4_1:
-        return _q4_1(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
-    if ggml_type == Q5_0:
-        return _q5_0(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
-    if ggml_type == Q5_1:
-        return _q5_1(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
-    if ggml_type == Q8_0:
-        return _q8_0(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
-    if ggml_type == Q3_K:
-        return _q3_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
-    if ggml_type == Q2_K:
-        return _q2_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
-    return _q4_0(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
+    raise TypeError("njit code only")
+
+
+@overload(_block, inline="always", prefer_literal=True)
+def _block_of_type(ggml_type, row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
+    if not isinstance(ggml_type, types.IntegerLiteral):
+        return None
+    update = _BLOCK_OF_TYPE[ggml_type.literal_value]
+
+    def impl(ggml_type, row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
+        return update(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
+    return impl
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -296,13 +309,10 @@ def _activation_block(ggml_type, row, b, qx, dx, xqsum16, acc, offset):
                   load_f32(xqsum16, 2 * b + 1), acc, offset)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _row_dot(ggml_type, row, qx, dx, xqsum16):
     """row . x for one weight row and one quantized activation row (qx (K,), dx, xqsum16 (K/16,)).
-
-    ggml_type is a compile-time constant (`literally`): each type gets its own loop, no type test
-    inside. Two chains over alternate blocks hide the FMA latency."""
-    literally(ggml_type)
+    Two chains over alternate blocks hide the FMA latency."""
     a0 = vzero8()
     a1 = vzero8()
     c0 = _f32(0.0)
@@ -327,43 +337,78 @@ def int8_pays(ggml_type):
 
 @njit(cache=True, nogil=True, inline="always")
 def has_int8_kernel(ggml_type):
-    """ggml_type in INT8_KERNEL_TYPES: row_dot_q8 has a kernel for it."""
+    """ggml_type in INT8_KERNEL_TYPES: rows_q8 has a kernel for it."""
     return (ggml_type == Q4_0 or ggml_type == Q4_1 or ggml_type == Q5_0 or ggml_type == Q5_1 or ggml_type == Q8_0
             or ggml_type == Q2_K or ggml_type == Q3_K or ggml_type == Q4_K or ggml_type == Q5_K or ggml_type == Q6_K)
 
 
+def _row_dot_of(ggml_type, row, qx, dx, xqsum16):
+    raise TypeError("njit code only")
+
+
+@overload(_row_dot_of, inline="always", prefer_literal=True)
+def _row_dot_of_type(ggml_type, row, qx, dx, xqsum16):
+    """_row_dot_k for the K-quants, _row_dot for the others: only the literal type's code is
+    compiled (an if per type inlined here would have numba type every type's code)."""
+    if not isinstance(ggml_type, types.IntegerLiteral):
+        return None
+    if ggml_type.literal_value in (Q4_K, Q5_K, Q6_K):
+        def impl(ggml_type, row, qx, dx, xqsum16):
+            return _row_dot_k(ggml_type, row, qx, dx, xqsum16)
+    else:
+        def impl(ggml_type, row, qx, dx, xqsum16):
+            return _row_dot(ggml_type, row, qx, dx, xqsum16)
+    return impl
+
+
+@njit(cache=True, nogil=True)
+def _rows_q8_of(ggml_type, w, r0, r1, qx, dx, xqsum16, out):
+    """out[t, r] = w[r] . x[t] for the rows r0 <= r < r1 and every token t.
+
+    ggml_type is a compile-time constant (`literally`): each type gets its own loop with the row
+    product inlined, no type test inside, and one call per range of rows, not per row (a call and
+    its arguments' reference counts per 28-block row cost a third of the product)."""
+    literally(ggml_type)
+    for r in range(r0, r1):
+        row = borrowed_row(w, r)
+        for t in range(qx.shape[0]):
+            out[t, r] = _row_dot_of(ggml_type, row, borrowed_row(qx, t), borrowed_row(dx, t), borrowed_row(xqsum16, t))
+
+
 @njit(cache=True, nogil=True, inline="always")
-def row_dot_q8(ggml_type, row, qx, dx, xqsum16):
-    """row . x with the type chosen at run time (one test per row, not per block)."""
+def rows_q8(ggml_type, w, r0, r1, qx, dx, xqsum16, out):
+    """out[:, r0:r1] = x @ w[r0:r1]^T with x quantized (quantize_rows); the type chosen at run time,
+    once per range of rows."""
     if ggml_type == Q4_1:
-        return _row_dot(Q4_1, row, qx, dx, xqsum16)
-    if ggml_type == Q5_0:
-        return _row_dot(Q5_0, row, qx, dx, xqsum16)
-    if ggml_type == Q5_1:
-        return _row_dot(Q5_1, row, qx, dx, xqsum16)
-    if ggml_type == Q8_0:
-        return _row_dot(Q8_0, row, qx, dx, xqsum16)
-    if ggml_type == Q4_K:
-        return _row_dot_k(Q4_K, row, qx, dx, xqsum16)
-    if ggml_type == Q6_K:
-        return _row_dot_k(Q6_K, row, qx, dx, xqsum16)
-    if ggml_type == Q5_K:
-        return _row_dot_k(Q5_K, row, qx, dx, xqsum16)
-    if ggml_type == Q3_K:
-        return _row_dot(Q3_K, row, qx, dx, xqsum16)
-    if ggml_type == Q2_K:
-        return _row_dot(Q2_K, row, qx, dx, xqsum16)
-    return _row_dot(Q4_0, row, qx, dx, xqsum16)
+        _rows_q8_of(Q4_1, w, r0, r1, qx, dx, xqsum16, out)
+    elif ggml_type == Q5_0:
+        _rows_q8_of(Q5_0, w, r0, r1, qx, dx, xqsum16, out)
+    elif ggml_type == Q5_1:
+        _rows_q8_of(Q5_1, w, r0, r1, qx, dx, xqsum16, out)
+    elif ggml_type == Q8_0:
+        _rows_q8_of(Q8_0, w, r0, r1, qx, dx, xqsum16, out)
+    elif ggml_type == Q4_K:
+        _rows_q8_of(Q4_K, w, r0, r1, qx, dx, xqsum16, out)
+    elif ggml_type == Q6_K:
+        _rows_q8_of(Q6_K, w, r0, r1, qx, dx, xqsum16, out)
+    elif ggml_type == Q5_K:
+        _rows_q8_of(Q5_K, w, r0, r1, qx, dx, xqsum16, out)
+    elif ggml_type == Q3_K:
+        _rows_q8_of(Q3_K, w, r0, r1, qx, dx, xqsum16, out)
+    elif ggml_type == Q2_K:
+        _rows_q8_of(Q2_K, w, r0, r1, qx, dx, xqsum16, out)
+    else:
+        _rows_q8_of(Q4_0, w, r0, r1, qx, dx, xqsum16, out)
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def matmul_q8(w, ggml_type, qx, dx, xqsum16, out):
     """out (T, N) = x @ W^T with x given quantized (quantize_rows); ggml_type in INT8_KERNEL_TYPES.
 
-    One row at a time, streaming: tiles of four interleaved rows would share the activation loads
-    but read memory in an order the prefetchers follow poorly, and decode reads its weights from
-    DRAM (142 vs 108 tokens/s for SmolLM2)."""
-    for r in prange(w.shape[0]):
-        row = w[r]
-        for t in range(qx.shape[0]):
-            out[t, r] = row_dot_q8(ggml_type, row, qx[t], dx[t], xqsum16[t])
+    Ranges of ROW_RANGE rows in parallel, each row streamed once for all tokens: tiles of four
+    interleaved rows would share the activation loads but read memory in an order the
+    prefetchers follow poorly, and decode reads its weights from DRAM (142 vs 108 tokens/s for
+    SmolLM2)."""
+    n_ranges = (w.shape[0] + ROW_RANGE - 1) // ROW_RANGE
+    for i in prange(n_ranges):
+        rows_q8(ggml_type, w, i * ROW_RANGE, min(i * ROW_RANGE + ROW_RANGE, w.shape[0]), qx, dx, xqsum16, out)

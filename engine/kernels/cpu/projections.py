@@ -15,34 +15,36 @@ Batch-sized steps go through matmul (its GEMM path) matrix by matrix.
 import numpy as np
 from numba import njit, prange
 
-from .dot_f32 import dot_row
+from .dot_f32 import rows_f32
 from .matmul import GEMM_MIN_TOKENS, matmul
 from .matmul_f32 import block_sums
-from .matmul_q8 import int8_pays, quantize_rows, row_dot_q8
+from .matmul_q8 import ROW_RANGE, int8_pays, quantize_rows, rows_q8
 from .ops import gelu_tanh_mul, silu_mul
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _dot(ggml_type, row, t, int8, x, xsum, qx, dx, xqsum16):
+def _rows(ggml_type, w, r0, r1, int8, x, xsum, qx, dx, xqsum16, out):
     if int8 and int8_pays(ggml_type):
-        return row_dot_q8(ggml_type, row, qx[t], dx[t], xqsum16[t])
-    return dot_row(ggml_type, row, x[t], xsum[t])
+        rows_q8(ggml_type, w, r0, r1, qx, dx, xqsum16, out)
+    else:
+        rows_f32(ggml_type, w, r0, r1, x, xsum, out)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _rows(x, int8, xsum, qx, dx, xqsum16, w0, type0, out0, w1, type1, out1, w2, type2, out2):
-    n0 = w0.shape[0]
-    n1 = w1.shape[0]
-    for r in prange(n0 + n1 + w2.shape[0]):
-        if r < n0:
-            for t in range(x.shape[0]):
-                out0[t, r] = _dot(type0, w0[r], t, int8, x, xsum, qx, dx, xqsum16)
-        elif r < n0 + n1:
-            for t in range(x.shape[0]):
-                out1[t, r - n0] = _dot(type1, w1[r - n0], t, int8, x, xsum, qx, dx, xqsum16)
+def _projections(x, int8, xsum, qx, dx, xqsum16, w0, type0, out0, w1, type1, out1, w2, type2, out2):
+    """Ranges of ROW_RANGE rows of the three matrices, in one parallel loop."""
+    n0 = (w0.shape[0] + ROW_RANGE - 1) // ROW_RANGE
+    n1 = (w1.shape[0] + ROW_RANGE - 1) // ROW_RANGE
+    for i in prange(n0 + n1 + (w2.shape[0] + ROW_RANGE - 1) // ROW_RANGE):
+        if i < n0:
+            r = i * ROW_RANGE
+            _rows(type0, w0, r, min(r + ROW_RANGE, w0.shape[0]), int8, x, xsum, qx, dx, xqsum16, out0)
+        elif i < n0 + n1:
+            r = (i - n0) * ROW_RANGE
+            _rows(type1, w1, r, min(r + ROW_RANGE, w1.shape[0]), int8, x, xsum, qx, dx, xqsum16, out1)
         else:
-            for t in range(x.shape[0]):
-                out2[t, r - n0 - n1] = _dot(type2, w2[r - n0 - n1], t, int8, x, xsum, qx, dx, xqsum16)
+            r = (i - n0 - n1) * ROW_RANGE
+            _rows(type2, w2, r, min(r + ROW_RANGE, w2.shape[0]), int8, x, xsum, qx, dx, xqsum16, out2)
 
 
 @njit(cache=True, nogil=True)
@@ -62,7 +64,7 @@ def project(x, int8_activations, w0, type0, out0, w1, type1, out1, w2, type2, ou
     xqsum16 = np.empty_like(dx)
     if int8_activations:
         quantize_rows(x, qx, dx, xqsum16)
-    _rows(x, int8_activations, xsum, qx, dx, xqsum16, w0, type0, out0, w1, type1, out1, w2, type2, out2)
+    _projections(x, int8_activations, xsum, qx, dx, xqsum16, w0, type0, out0, w1, type1, out1, w2, type2, out2)
 
 
 @njit(cache=True, nogil=True)
