@@ -43,9 +43,6 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, args.cols)).astype(np.float32)
-    qx = np.empty((1, args.cols), np.int8)
-    dx = np.empty((1, args.cols // 16), np.float32)
-    xqsum16 = np.empty_like(dx)
     out = np.empty((1, args.rows), np.float32)
 
     def median_ms(run) -> float:
@@ -65,8 +62,7 @@ def main() -> None:
             matmul_rows_f32(w, ggml_type, x, block_sums(x), out)
 
         def int8(w=w, ggml_type=ggml_type):
-            quantize_rows(x, qx, dx, xqsum16)
-            matmul_q8(w, ggml_type, qx, dx, xqsum16, out)
+            matmul_q8(w, ggml_type, quantize_rows(x), out)
         f32_ms, int8_ms = median_ms(exact), median_ms(int8)
         results[QUANT_TYPES[ggml_type].name] = {
             "f32_ms": round(f32_ms, 3), "int8_ms": round(int8_ms, 3),

@@ -85,23 +85,16 @@ def test_batches_take_the_outer_product_on_hosts_without_avx512(tokens, rng):
     np.testing.assert_array_equal(dispatched, outer if OUTER_PRODUCT_GEMM else tiles)
 
 
-def quantized_activations(x):
-    T, K = x.shape
-    qx = np.empty((T, K), np.int8)
-    dx = np.empty((T, K // 16), np.float32)
-    xqs = np.empty((T, K // 16), np.float32)
-    quantize_rows(x, qx, dx, xqs)
-    return qx, dx, xqs
-
-
 def test_quantize_rows_per_16_values(rng):
     x = activations(rng, 3, 256)
-    qx, dx, xqs = quantized_activations(x)
+    qx, dx, xqs, dx8, xsum4 = quantize_rows(x)
     xq = (qx.reshape(3, -1, 16).astype(np.float64) * dx[:, :, None]).reshape(3, 256)
     assert np.abs(qx.astype(int)).max() == 127
     np.testing.assert_allclose(dx, np.abs(x.reshape(3, -1, 16)).max(axis=2) / 127, rtol=1e-6)
     assert np.all(np.abs(xq - x) <= dx.repeat(16, axis=1) / 2 * 1.0001)
     np.testing.assert_allclose(xqs, xq.reshape(3, -1, 16).sum(axis=2), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(dx8, dx.repeat(4, axis=1))          # a lane per 4 values
+    np.testing.assert_array_equal(xsum4, qx.astype(np.int32).reshape(3, -1, 4).sum(axis=2))
 
 
 @pytest.mark.parametrize("ggml_type", INT8_KERNEL_TYPES, ids=[QUANT_TYPES[t].name for t in INT8_KERNEL_TYPES])
@@ -114,8 +107,9 @@ def test_matmul_int8_activations_is_exactly_w_dot_quantized_x(ggml_type, tokens,
     w = random_blocks(ggml_type, N, K, rng)
     x = activations(rng, tokens, K)
     out = np.empty((tokens, N), np.float32)
-    qx, dx, xqs = quantized_activations(x)
-    matmul_q8(w, ggml_type, qx, dx, xqs, out)
+    act = quantize_rows(x)
+    matmul_q8(w, ggml_type, act, out)
+    qx, dx = act[:2]
     if ggml_type in INT8_ACTIVATION_TYPES:
         dispatched = np.empty_like(out)
         matmul(w, ggml_type, x, dispatched, True)

@@ -182,6 +182,32 @@ def dpbusd(typingctx, acc, a, b):
 
 
 @intrinsic
+def load_i32x8(typingctx, arr, idx):
+    """8 int32 at element idx of an int32 array."""
+    _check_array(arr)
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1], _VI),
+                            align=4)
+    return i32x8(arr, idx), codegen
+
+
+@intrinsic
+def isub8(typingctx, a, b):
+    def codegen(context, builder, sig, args):
+        return builder.sub(args[0], args[1])
+    return i32x8(i32x8, i32x8), codegen
+
+
+@intrinsic
+def ishl8(typingctx, a, k):
+    """a << k in every lane (a constant k becomes one shift by an immediate)."""
+    def codegen(context, builder, sig, args):
+        return builder.shl(args[0], _splat(builder, context.cast(builder, args[1], sig.args[1], types.int32), _VI))
+    return i32x8(i32x8, k), codegen
+
+
+@intrinsic
 def izero8(typingctx):
     def codegen(context, builder, sig, args):
         return ir.Constant(_VI, [0] * 8)
@@ -193,6 +219,17 @@ def itof8(typingctx, v):
     def codegen(context, builder, sig, args):
         return builder.sitofp(args[0], _VF)
     return f32x8(i32x8), codegen
+
+
+@intrinsic
+def load_f32x8(typingctx, arr, idx):
+    """8 float32 at element idx of a float32 array."""
+    _check_array(arr)
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1], _VF),
+                            align=4)
+    return f32x8(arr, idx), codegen
 
 
 @intrinsic
@@ -249,6 +286,6 @@ def hsum8(typingctx, a):
     return types.float32(f32x8), codegen
 
 
-__all__ = ["u8x32", "i32x8", "f32x8", "load_u8x32", "load_nibbles", "load_bits32",
-           "load_clear_bits32", "band", "bshr", "bshl", "bxor", "bor", "babs", "bsign", "dpbusd", "izero8", "itof8",
-           "vzero8", "vsplat8", "vsplat8x2", "vfma8", "vmul8", "vadd8", "hsum8"]
+__all__ = ["u8x32", "i32x8", "f32x8", "load_u8x32", "load_nibbles", "load_bits32", "load_clear_bits32", "band",
+           "bshr", "bshl", "bxor", "bor", "babs", "bsign", "dpbusd", "load_i32x8", "isub8", "ishl8", "izero8", "itof8",
+           "load_f32x8", "vzero8", "vsplat8", "vsplat8x2", "vfma8", "vmul8", "vadd8", "hsum8"]

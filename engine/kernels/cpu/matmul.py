@@ -16,7 +16,6 @@ Three paths, chosen by the number of tokens T:
   where the 4x4 tiles are faster, matmul_tiles_f32; the outer product has not been measured on an
   AVX-512 host yet, so those keep the tiles their numbers were measured with.
 """
-import numpy as np
 from numba import njit
 
 from ..cpu_features import HAS_AVX512F
@@ -31,13 +30,9 @@ OUTER_PRODUCT_GEMM = not HAS_AVX512F
 @njit(cache=True, nogil=True)
 def matmul(w, ggml_type, x, out, int8_activations):
     """out (T, N) f32 = x (T, K) f32 @ W^T for W = w (N, row_bytes) u8 in GGML type ggml_type."""
-    T, K = x.shape
+    T = x.shape[0]
     if T < GEMM_MIN_TOKENS and int8_activations and int8_pays(ggml_type):
-        qx = np.empty((T, K), np.int8)
-        dx = np.empty((T, K // 16), np.float32)
-        xqsum16 = np.empty((T, K // 16), np.float32)
-        quantize_rows(x, qx, dx, xqsum16)
-        matmul_q8(w, ggml_type, qx, dx, xqsum16, out)
+        matmul_q8(w, ggml_type, quantize_rows(x), out)
     elif T < GEMM_MIN_TOKENS:
         matmul_rows_f32(w, ggml_type, x, block_sums(x), out)
     elif OUTER_PRODUCT_GEMM and T >= TOKEN_VECTOR_MIN_TOKENS:

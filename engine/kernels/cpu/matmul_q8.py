@@ -8,17 +8,20 @@ A 32-weight block contributes, with dxv = the two dx of its halves,
     d_w * dxv * (q . qx)           integer products of unsigned q with signed qx (dpbusd)
 and an offset term, with sum(xq) the sum of the dequantized qx:
     Q4_1, Q5_1  + m * sum(xq)       Q4_K, Q5_K, Q2_K  - dmin * min * sum(xq)
-    Q4_0  - 8 d * sum(xq)           Q6_K  - 32 d * scale * sum(xq)       Q3_K  - 4 d * scale * sum(xq)
-(Q6_K, Q3_K and Q2_K scale each 16 weights: their sums are per half block.) Q8_0 and Q5_0 have
-none: their weights are signed bytes, multiplied as |w| . (qx signed as w). So every block
-computes exactly w . xq, the true weights times the quantized activations (the other signed
-weights go in as unsigned: nibble, 6 bits, 3 bits + 4). Using the exact sum(x) in the offsets
+    Q6_K  - 32 d * scale * sum(xq)       Q3_K  - 4 d * scale * sum(xq)
+(Q6_K, Q3_K and Q2_K scale each 16 weights: their sums are per half block.) Q4_0 and Q5_0, whose
+offset (-8, -16) is the same for every weight, subtract it in the integers, lane by lane with
+the sums of four qx: d_w * dxv * (q . qx - 8 * sum4(qx)). Q8_0 has none: its weights are signed
+bytes, multiplied as |w| . (qx signed as w). So every block computes exactly w . xq, the true
+weights times the quantized activations (the other signed weights go in as unsigned: nibble,
+5 or 6 bits, 3 bits + 4). Using the exact sum(x) in the offsets
 would look more precise and is not: the error would become d * q . (xq - x) over uncentred q
 instead of w . (xq - x) over the centred weights, about twice as large on real activations.
 
-    quantize_rows(x (T, K) f32) -> qx (T, K) i8, dx (T, K/16) f32, xqsum16 (T, K/16) f32
-    matmul_q8(w (N, row_bytes) u8, ggml_type, qx, dx, xqsum16, out (T, N) f32)
-    rows_q8(ggml_type, w, r0, r1, qx, dx, xqsum16, out): the rows r0 <= r < r1 only
+    quantize_rows(x (T, K) f32) -> act = (qx (T, K) i8, dx (T, K/16) f32, xqsum16 (T, K/16) f32,
+                                          dx8 (T, K/4) f32, xsum4 (T, K/4) i32)
+    matmul_q8(w (N, row_bytes) u8, ggml_type, act, out (T, N) f32)
+    rows_q8(ggml_type, w, r0, r1, act, out): the rows r0 <= r < r1 only
 """
 import numpy as np
 from numba import literally, njit, prange, types
@@ -52,10 +55,13 @@ from ..simd_int8 import (
     bsign,
     dpbusd,
     hsum8,
+    ishl8,
+    isub8,
     itof8,
     izero8,
     load_bits32,
-    load_clear_bits32,
+    load_f32x8,
+    load_i32x8,
     load_nibbles,
     load_u8x32,
     vadd8,
@@ -73,33 +79,59 @@ ROW_RANGE = 16        # rows per parallel work item of the decode products
 
 
 @njit(cache=True, nogil=True)
-def quantize_rows(x, qx, dx, xqsum16):
-    """Per 16-value int8 quantization of x (T, K): qx, its scales dx, and the sum of each 16
-    dequantized values (xqsum16). Serial: decode-sized steps only (T < 4), a thread wake-up
-    would cost more than the work."""
-    for t in range(x.shape[0]):
-        for g in range(x.shape[1] // 16):
+def quantize_rows(x):
+    """x (T, K) f32 -> the activations of the int8 products, a tuple (Serial: decode-sized steps
+    only, T < 4; a thread wake-up would cost more than the work):
+        qx (T, K) i8        round(x / dx) per 16 values
+        dx (T, K/16) f32    their scales, max|x| / 127
+        xqsum16 (T, K/16)   the sum of each 16 dequantized values, dx * sum(qx)
+        dx8 (T, K/4) f32    dx spread over the eight int32 lanes of a 32-value block's products
+                            (lanes 0-3: the first 16 values' dx, 4-7: the second's)
+        xsum4 (T, K/4) i32  the sum of each 4 qx: a block's products lane by lane, q . qx summed as
+                            dpbusd sums them, for the offsets of Q4_0 and Q5_0 in integers
+    """
+    T, K = x.shape
+    qx = np.empty((T, K), np.int8)
+    dx = np.empty((T, K // 16), np.float32)
+    xqsum16 = np.empty((T, K // 16), np.float32)
+    dx8 = np.empty((T, K // 4), np.float32)
+    xsum4 = np.empty((T, K // 4), np.int32)
+    for t in range(T):
+        for g in range(K // 16):
             amax = _f32(0.0)
             for j in range(g * 16, g * 16 + 16):
                 amax = max(amax, abs(x[t, j]))
             d = amax / _f32(127.0)
             inv = _f32(1.0) / d if d > 0 else _f32(0.0)
             qs = 0
-            for j in range(g * 16, g * 16 + 16):
-                q = np.int32(np.rint(x[t, j] * inv))
-                qx[t, j] = np.int8(q)
-                qs += q
+            for lane in range(g * 4, g * 4 + 4):
+                s4 = 0
+                for j in range(lane * 4, lane * 4 + 4):
+                    q = np.int32(np.rint(x[t, j] * inv))
+                    qx[t, j] = np.int8(q)
+                    s4 += q
+                xsum4[t, lane] = s4
+                dx8[t, lane] = d
+                qs += s4
             dx[t, g] = d
             xqsum16[t, g] = d * _f32(qs)
+    return qx, dx, xqsum16, dx8, xsum4
+
+
+@njit(cache=True, nogil=True)
+def no_activations(T):
+    """quantize_rows' tuple, empty: the placeholder where no product takes int8 activations."""
+    return (np.empty((T, 0), np.int8), np.empty((T, 0), np.float32), np.empty((T, 0), np.float32),
+            np.empty((T, 0), np.float32), np.empty((T, 0), np.int32))
 
 
 # ------------------------------------------------------------------ per-row block updates
-# Each returns (acc f32x8, offset f32) after adding 32-weight block b of `row`; xq (u8x32), dxv
-# (f32x8) and the dequantized sums of its two halves are the activation block, shared by the four
-# rows of a tile.
+# Each returns (acc f32x8, offset f32) after adding 32-weight block b of `row`; the activation
+# block is xq (u8x32), dxv (f32x8, dx8), xs4 (i32x8, xsum4) and the dequantized sums of its two
+# halves.
 
 @njit(cache=True, nogil=True, inline="always")
-def _q4_1(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
+def _q4_1(row, b, xq, dxv, xs4, xqs_lo, xqs_hi, acc, offset):
     o = b * 20
     d, m = load_f16_pair(row, o)
     p = itof8(dpbusd(izero8(), load_nibbles(row, o + 4), xq))
@@ -107,26 +139,24 @@ def _q4_1(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _q4_0(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
+def _q4_0(row, b, xq, dxv, xs4, xqs_lo, xqs_hi, acc, offset):
+    """The nibbles unsigned; their offset (-8 each) in the integers: q . qx - 8 * sum(qx), lane by lane."""
     o = b * 18
-    d = load_f16(row, o)
-    p = itof8(dpbusd(izero8(), load_nibbles(row, o + 2), xq))
-    return vfma8(vmul8(p, dxv), vsplat8(d), acc), offset - _f32(8.0) * d * (xqs_lo + xqs_hi)
+    p = isub8(dpbusd(izero8(), load_nibbles(row, o + 2), xq), ishl8(xs4, 3))
+    return vfma8(itof8(p), vmul8(dxv, vsplat8(load_f16(row, o))), acc), offset
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _q5_0(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
-    """The weights as signed bytes (nibble | 0xF0 where the fifth bit is clear: nibble - 16), so
-    no offset term: dpbusd of |w| with x signed as w."""
+def _q5_0(row, b, xq, dxv, xs4, xqs_lo, xqs_hi, acc, offset):
+    """As Q4_0 with the fifth bit: q unsigned in 0..31, the offset -16 in the integers."""
     o = b * 22
-    d = load_f16(row, o)
-    w = bor(load_nibbles(row, o + 6), load_clear_bits32(row, o + 2, 0xF0))
-    p = itof8(dpbusd(izero8(), babs(w), bsign(xq, w)))
-    return vfma8(vmul8(p, dxv), vsplat8(d), acc), offset
+    q = bor(load_nibbles(row, o + 6), load_bits32(row, o + 2, 16))
+    p = isub8(dpbusd(izero8(), q, xq), ishl8(xs4, 4))
+    return vfma8(itof8(p), vmul8(dxv, vsplat8(load_f16(row, o))), acc), offset
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _q5_1(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
+def _q5_1(row, b, xq, dxv, xs4, xqs_lo, xqs_hi, acc, offset):
     o = b * 24
     d, m = load_f16_pair(row, o)
     q = bor(load_nibbles(row, o + 8), load_bits32(row, o + 4, 16))
@@ -135,7 +165,7 @@ def _q5_1(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _q8_0(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
+def _q8_0(row, b, xq, dxv, xs4, xqs_lo, xqs_hi, acc, offset):
     o = b * 34
     d = load_f16(row, o)
     w = load_u8x32(row, o + 2)                                             # signed bytes
@@ -144,7 +174,7 @@ def _q8_0(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _q3_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
+def _q3_k(row, b, xq, dxv, xs4, xqs_lo, xqs_hi, acc, offset):
     o = (b // 8) * 110                           # super-block; i = b % 8 is the hmask bit
     i = b % 8
     low = band(bshr(load_u8x32(row, o + 32 + 32 * (i // 4)), 2 * (i % 4)), 3)
@@ -158,7 +188,7 @@ def _q3_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _q2_k(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
+def _q2_k(row, b, xq, dxv, xs4, xqs_lo, xqs_hi, acc, offset):
     o = (b // 8) * 84
     i = b % 8
     q = band(bshr(load_u8x32(row, o + 16 + 32 * (i // 4)), 2 * (i % 4)), 3)
@@ -286,53 +316,52 @@ def _row_dot_k(ggml_type, row, qx, dx, xqsum16):
 _BLOCK_OF_TYPE = {Q4_0: _q4_0, Q4_1: _q4_1, Q5_0: _q5_0, Q5_1: _q5_1, Q8_0: _q8_0, Q3_K: _q3_k, Q2_K: _q2_k}
 
 
-def _block(ggml_type, row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
+def _block(ggml_type, row, b, xq, dxv, xs4, xqs_lo, xqs_hi, acc, offset):
     raise TypeError("njit code only")
 
 
 @overload(_block, inline="always", prefer_literal=True)
-def _block_of_type(ggml_type, row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
+def _block_of_type(ggml_type, row, b, xq, dxv, xs4, xqs_lo, xqs_hi, acc, offset):
     if not isinstance(ggml_type, types.IntegerLiteral):
         return None
     update = _BLOCK_OF_TYPE[ggml_type.literal_value]
 
-    def impl(ggml_type, row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset):
-        return update(row, b, xq, dxv, xqs_lo, xqs_hi, acc, offset)
+    def impl(ggml_type, row, b, xq, dxv, xs4, xqs_lo, xqs_hi, acc, offset):
+        return update(row, b, xq, dxv, xs4, xqs_lo, xqs_hi, acc, offset)
     return impl
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _activation_block(ggml_type, row, b, qx, dx, xqsum16, acc, offset):
+def _activation_block(ggml_type, row, b, qx, dx8, xsum4, xqsum16, acc, offset):
     """Weight block b against activation block b (load_f32: no negative-index wraparound code)."""
-    dxv = vsplat8x2(load_f32(dx, 2 * b), load_f32(dx, 2 * b + 1))
-    return _block(ggml_type, row, b, load_u8x32(qx, b * 32), dxv, load_f32(xqsum16, 2 * b),
-                  load_f32(xqsum16, 2 * b + 1), acc, offset)
+    return _block(ggml_type, row, b, load_u8x32(qx, b * 32), load_f32x8(dx8, b * 8), load_i32x8(xsum4, b * 8),
+                  load_f32(xqsum16, 2 * b), load_f32(xqsum16, 2 * b + 1), acc, offset)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _row_dot(ggml_type, row, qx, dx, xqsum16):
-    """row . x for one weight row and one quantized activation row (qx (K,), dx, xqsum16 (K/16,)).
-    Two chains over alternate blocks hide the FMA latency."""
+def _row_dot(ggml_type, row, qx, dx8, xsum4, xqsum16):
+    """row . x for one weight row and one quantized activation row (quantize_rows' qx, dx8, xsum4,
+    xqsum16 of one token). Two chains over alternate blocks hide the FMA latency."""
     a0 = vzero8()
     a1 = vzero8()
     c0 = _f32(0.0)
     c1 = _f32(0.0)
     n_blocks = qx.shape[0] // 32
     for b in range(0, n_blocks - 1, 2):
-        a0, c0 = _activation_block(ggml_type, row, b, qx, dx, xqsum16, a0, c0)
-        a1, c1 = _activation_block(ggml_type, row, b + 1, qx, dx, xqsum16, a1, c1)
+        a0, c0 = _activation_block(ggml_type, row, b, qx, dx8, xsum4, xqsum16, a0, c0)
+        a1, c1 = _activation_block(ggml_type, row, b + 1, qx, dx8, xsum4, xqsum16, a1, c1)
     if n_blocks % 2:
-        a0, c0 = _activation_block(ggml_type, row, n_blocks - 1, qx, dx, xqsum16, a0, c0)
+        a0, c0 = _activation_block(ggml_type, row, n_blocks - 1, qx, dx8, xsum4, xqsum16, a0, c0)
     return hsum8(vadd8(a0, a1)) + c0 + c1
 
 
 @njit(cache=True, nogil=True, inline="always")
 def int8_pays(ggml_type):
     """ggml_type in INT8_ACTIVATION_TYPES: the fast mode's dispatch (its int8 kernel is the faster one)."""
-    if ggml_type == Q4_1 or ggml_type == Q8_0:
+    if ggml_type == Q8_0:
         return HAS_VNNI
-    return (ggml_type == Q4_0 or ggml_type == Q5_1 or ggml_type == Q2_K or ggml_type == Q3_K or ggml_type == Q4_K
-            or ggml_type == Q5_K or ggml_type == Q6_K)
+    return (ggml_type == Q4_0 or ggml_type == Q4_1 or ggml_type == Q5_0 or ggml_type == Q5_1 or ggml_type == Q2_K
+            or ggml_type == Q3_K or ggml_type == Q4_K or ggml_type == Q5_K or ggml_type == Q6_K)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -342,27 +371,31 @@ def has_int8_kernel(ggml_type):
             or ggml_type == Q2_K or ggml_type == Q3_K or ggml_type == Q4_K or ggml_type == Q5_K or ggml_type == Q6_K)
 
 
-def _row_dot_of(ggml_type, row, qx, dx, xqsum16):
+def _row_dot_of(ggml_type, row, act, t):
     raise TypeError("njit code only")
 
 
 @overload(_row_dot_of, inline="always", prefer_literal=True)
-def _row_dot_of_type(ggml_type, row, qx, dx, xqsum16):
-    """_row_dot_k for the K-quants, _row_dot for the others: only the literal type's code is
-    compiled (an if per type inlined here would have numba type every type's code)."""
+def _row_dot_of_type(ggml_type, row, act, t):
+    """row . x[t] (act: quantize_rows' tuple): _row_dot_k for the K-quants, _row_dot for the
+    others, only the literal type's code compiled (an if per type inlined here would have numba
+    type every type's code)."""
     if not isinstance(ggml_type, types.IntegerLiteral):
         return None
     if ggml_type.literal_value in (Q4_K, Q5_K, Q6_K):
-        def impl(ggml_type, row, qx, dx, xqsum16):
-            return _row_dot_k(ggml_type, row, qx, dx, xqsum16)
+        def impl(ggml_type, row, act, t):
+            qx, dx, xqsum16, dx8, xsum4 = act
+            return _row_dot_k(ggml_type, row, borrowed_row(qx, t), borrowed_row(dx, t), borrowed_row(xqsum16, t))
     else:
-        def impl(ggml_type, row, qx, dx, xqsum16):
-            return _row_dot(ggml_type, row, qx, dx, xqsum16)
+        def impl(ggml_type, row, act, t):
+            qx, dx, xqsum16, dx8, xsum4 = act
+            return _row_dot(ggml_type, row, borrowed_row(qx, t), borrowed_row(dx8, t), borrowed_row(xsum4, t),
+                            borrowed_row(xqsum16, t))
     return impl
 
 
 @njit(cache=True, nogil=True)
-def _rows_q8_of(ggml_type, w, r0, r1, qx, dx, xqsum16, out):
+def _rows_q8_of(ggml_type, w, r0, r1, act, out):
     """out[t, r] = w[r] . x[t] for the rows r0 <= r < r1 and every token t.
 
     ggml_type is a compile-time constant (`literally`): each type gets its own loop with the row
@@ -371,39 +404,39 @@ def _rows_q8_of(ggml_type, w, r0, r1, qx, dx, xqsum16, out):
     literally(ggml_type)
     for r in range(r0, r1):
         row = borrowed_row(w, r)
-        for t in range(qx.shape[0]):
-            out[t, r] = _row_dot_of(ggml_type, row, borrowed_row(qx, t), borrowed_row(dx, t), borrowed_row(xqsum16, t))
+        for t in range(out.shape[0]):
+            out[t, r] = _row_dot_of(ggml_type, row, act, t)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def rows_q8(ggml_type, w, r0, r1, qx, dx, xqsum16, out):
-    """out[:, r0:r1] = x @ w[r0:r1]^T with x quantized (quantize_rows); the type chosen at run time,
+def rows_q8(ggml_type, w, r0, r1, act, out):
+    """out[:, r0:r1] = x @ w[r0:r1]^T with act = quantize_rows(x); the type chosen at run time,
     once per range of rows."""
     if ggml_type == Q4_1:
-        _rows_q8_of(Q4_1, w, r0, r1, qx, dx, xqsum16, out)
+        _rows_q8_of(Q4_1, w, r0, r1, act, out)
     elif ggml_type == Q5_0:
-        _rows_q8_of(Q5_0, w, r0, r1, qx, dx, xqsum16, out)
+        _rows_q8_of(Q5_0, w, r0, r1, act, out)
     elif ggml_type == Q5_1:
-        _rows_q8_of(Q5_1, w, r0, r1, qx, dx, xqsum16, out)
+        _rows_q8_of(Q5_1, w, r0, r1, act, out)
     elif ggml_type == Q8_0:
-        _rows_q8_of(Q8_0, w, r0, r1, qx, dx, xqsum16, out)
+        _rows_q8_of(Q8_0, w, r0, r1, act, out)
     elif ggml_type == Q4_K:
-        _rows_q8_of(Q4_K, w, r0, r1, qx, dx, xqsum16, out)
+        _rows_q8_of(Q4_K, w, r0, r1, act, out)
     elif ggml_type == Q6_K:
-        _rows_q8_of(Q6_K, w, r0, r1, qx, dx, xqsum16, out)
+        _rows_q8_of(Q6_K, w, r0, r1, act, out)
     elif ggml_type == Q5_K:
-        _rows_q8_of(Q5_K, w, r0, r1, qx, dx, xqsum16, out)
+        _rows_q8_of(Q5_K, w, r0, r1, act, out)
     elif ggml_type == Q3_K:
-        _rows_q8_of(Q3_K, w, r0, r1, qx, dx, xqsum16, out)
+        _rows_q8_of(Q3_K, w, r0, r1, act, out)
     elif ggml_type == Q2_K:
-        _rows_q8_of(Q2_K, w, r0, r1, qx, dx, xqsum16, out)
+        _rows_q8_of(Q2_K, w, r0, r1, act, out)
     else:
-        _rows_q8_of(Q4_0, w, r0, r1, qx, dx, xqsum16, out)
+        _rows_q8_of(Q4_0, w, r0, r1, act, out)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def matmul_q8(w, ggml_type, qx, dx, xqsum16, out):
-    """out (T, N) = x @ W^T with x given quantized (quantize_rows); ggml_type in INT8_KERNEL_TYPES.
+def matmul_q8(w, ggml_type, act, out):
+    """out (T, N) = x @ W^T with act = quantize_rows(x); ggml_type in INT8_KERNEL_TYPES.
 
     Ranges of ROW_RANGE rows in parallel, each row streamed once for all tokens: tiles of four
     interleaved rows would share the activation loads but read memory in an order the
@@ -411,4 +444,4 @@ def matmul_q8(w, ggml_type, qx, dx, xqsum16, out):
     SmolLM2)."""
     n_ranges = (w.shape[0] + ROW_RANGE - 1) // ROW_RANGE
     for i in prange(n_ranges):
-        rows_q8(ggml_type, w, i * ROW_RANGE, min(i * ROW_RANGE + ROW_RANGE, w.shape[0]), qx, dx, xqsum16, out)
+        rows_q8(ggml_type, w, i * ROW_RANGE, min(i * ROW_RANGE + ROW_RANGE, w.shape[0]), act, out)

@@ -18,33 +18,33 @@ from numba import njit, prange
 from .dot_f32 import rows_f32
 from .matmul import GEMM_MIN_TOKENS, matmul
 from .matmul_f32 import block_sums
-from .matmul_q8 import ROW_RANGE, int8_pays, quantize_rows, rows_q8
+from .matmul_q8 import ROW_RANGE, int8_pays, no_activations, quantize_rows, rows_q8
 from .ops import gelu_tanh_mul, silu_mul
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _rows(ggml_type, w, r0, r1, int8, x, xsum, qx, dx, xqsum16, out):
+def _rows(ggml_type, w, r0, r1, int8, x, xsum, act, out):
     if int8 and int8_pays(ggml_type):
-        rows_q8(ggml_type, w, r0, r1, qx, dx, xqsum16, out)
+        rows_q8(ggml_type, w, r0, r1, act, out)
     else:
         rows_f32(ggml_type, w, r0, r1, x, xsum, out)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _projections(x, int8, xsum, qx, dx, xqsum16, w0, type0, out0, w1, type1, out1, w2, type2, out2):
+def _projections(x, int8, xsum, act, w0, type0, out0, w1, type1, out1, w2, type2, out2):
     """Ranges of ROW_RANGE rows of the three matrices, in one parallel loop."""
     n0 = (w0.shape[0] + ROW_RANGE - 1) // ROW_RANGE
     n1 = (w1.shape[0] + ROW_RANGE - 1) // ROW_RANGE
     for i in prange(n0 + n1 + (w2.shape[0] + ROW_RANGE - 1) // ROW_RANGE):
         if i < n0:
             r = i * ROW_RANGE
-            _rows(type0, w0, r, min(r + ROW_RANGE, w0.shape[0]), int8, x, xsum, qx, dx, xqsum16, out0)
+            _rows(type0, w0, r, min(r + ROW_RANGE, w0.shape[0]), int8, x, xsum, act, out0)
         elif i < n0 + n1:
             r = (i - n0) * ROW_RANGE
-            _rows(type1, w1, r, min(r + ROW_RANGE, w1.shape[0]), int8, x, xsum, qx, dx, xqsum16, out1)
+            _rows(type1, w1, r, min(r + ROW_RANGE, w1.shape[0]), int8, x, xsum, act, out1)
         else:
             r = (i - n0 - n1) * ROW_RANGE
-            _rows(type2, w2, r, min(r + ROW_RANGE, w2.shape[0]), int8, x, xsum, qx, dx, xqsum16, out2)
+            _rows(type2, w2, r, min(r + ROW_RANGE, w2.shape[0]), int8, x, xsum, act, out2)
 
 
 @njit(cache=True, nogil=True)
@@ -59,12 +59,8 @@ def project(x, int8_activations, w0, type0, out0, w1, type1, out1, w2, type2, ou
         return
     xsum = block_sums(x)
     int8_activations = int8_activations and (int8_pays(type0) or int8_pays(type1) or int8_pays(type2))
-    qx = np.empty((T, K if int8_activations else 0), np.int8)
-    dx = np.empty((T, K // 16 if int8_activations else 0), np.float32)
-    xqsum16 = np.empty_like(dx)
-    if int8_activations:
-        quantize_rows(x, qx, dx, xqsum16)
-    _projections(x, int8_activations, xsum, qx, dx, xqsum16, w0, type0, out0, w1, type1, out1, w2, type2, out2)
+    act = quantize_rows(x) if int8_activations else no_activations(T)
+    _projections(x, int8_activations, xsum, act, w0, type0, out0, w1, type1, out1, w2, type2, out2)
 
 
 @njit(cache=True, nogil=True)
