@@ -27,7 +27,6 @@ import numpy as np
 from numba import literally, njit, prange, types
 from numba.extending import overload
 
-from ..cpu_features import HAS_VNNI
 from ..ggml_types import Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
 from ..simd import (
     hsum,
@@ -433,19 +432,16 @@ def _row_dot_k4(ggml_type, row, qx, dx, xqsum16, t):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def int8_pays(ggml_type):
-    """ggml_type in INT8_ACTIVATION_TYPES: the fast mode's dispatch (its int8 kernel is the faster one)."""
-    if ggml_type == Q8_0:
-        return HAS_VNNI
-    return (ggml_type == Q4_0 or ggml_type == Q4_1 or ggml_type == Q5_0 or ggml_type == Q5_1 or ggml_type == Q2_K
-            or ggml_type == Q3_K or ggml_type == Q4_K or ggml_type == Q5_K or ggml_type == Q6_K)
-
-
-@njit(cache=True, nogil=True, inline="always")
 def has_int8_kernel(ggml_type):
     """ggml_type in INT8_KERNEL_TYPES: rows_q8 has a kernel for it."""
     return (ggml_type == Q4_0 or ggml_type == Q4_1 or ggml_type == Q5_0 or ggml_type == Q5_1 or ggml_type == Q8_0
             or ggml_type == Q2_K or ggml_type == Q3_K or ggml_type == Q4_K or ggml_type == Q5_K or ggml_type == Q6_K)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def int8_pays(ggml_type):
+    """ggml_type in INT8_ACTIVATION_TYPES: the fast mode's dispatch (its int8 kernel is the faster one)."""
+    return has_int8_kernel(ggml_type)
 
 
 def _row_dot_of(ggml_type, row, act, t):
