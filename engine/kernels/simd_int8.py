@@ -181,15 +181,20 @@ def dpbusd(typingctx, acc, a, b):
     return i32x8(i32x8, u8x32, u8x32), codegen
 
 
-@intrinsic
-def load_i32x8(typingctx, arr, idx):
-    """8 int32 at element idx of an int32 array."""
-    _check_array(arr)
+def _lane_load_typer(vector_type, llvm_type):
+    """A load of 8 four-byte lanes at element idx of a 1-D int32 or float32 array."""
+    def typer(typingctx, arr, idx):
+        _check_array(arr)
 
-    def codegen(context, builder, sig, args):
-        return builder.load(_element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1], _VI),
-                            align=4)
-    return i32x8(arr, idx), codegen
+        def codegen(context, builder, sig, args):
+            ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1], llvm_type)
+            return builder.load(ptr, align=4)
+        return vector_type(arr, idx), codegen
+    return typer
+
+
+load_i32x8 = intrinsic(_lane_load_typer(i32x8, _VI))     # 8 int32 at element idx
+load_f32x8 = intrinsic(_lane_load_typer(f32x8, _VF))     # 8 float32 at element idx
 
 
 @intrinsic
@@ -219,17 +224,6 @@ def itof8(typingctx, v):
     def codegen(context, builder, sig, args):
         return builder.sitofp(args[0], _VF)
     return f32x8(i32x8), codegen
-
-
-@intrinsic
-def load_f32x8(typingctx, arr, idx):
-    """8 float32 at element idx of a float32 array."""
-    _check_array(arr)
-
-    def codegen(context, builder, sig, args):
-        return builder.load(_element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1], _VF),
-                            align=4)
-    return f32x8(arr, idx), codegen
 
 
 @intrinsic

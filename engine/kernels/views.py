@@ -8,10 +8,14 @@ product's time. A borrowed row is the same view with no owner: valid while the m
 into is alive, which a kernel's caller guarantees for the kernel's whole run.
 
     borrowed_row(a (M, N) C-contiguous, i) -> (N,) view of a[i], unowned
+    ROW_RANGE: the rows of one call of the decode products (dot_f32.rows_f32, matmul_q8.rows_q8),
+               the work item of their parallel loops: calls are per range, not per row
 """
 from numba import types
 from numba.extending import intrinsic
 from numba.np.arrayobj import make_array, populate_array
+
+ROW_RANGE = 16
 
 
 @intrinsic

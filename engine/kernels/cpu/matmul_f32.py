@@ -20,9 +20,9 @@ import numpy as np
 from numba import njit, prange
 
 from ..simd import hsum, store_hsum4, vadd, vfma, vload, vsplat, vstore, vzero
+from ..views import ROW_RANGE
 from .dequant import dequantize_row
 from .dot_f32 import XSUM_PAD, rows_f32
-from .matmul_q8 import ROW_RANGE
 
 _ROW_TILE = 4
 _VECTOR_ROWS = 6      # weight rows per token-vector tile: six accumulators (12 AVX2 registers)

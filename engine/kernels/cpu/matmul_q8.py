@@ -70,11 +70,10 @@ from ..simd_int8 import (
     vsplat8x2,
     vzero8,
 )
-from ..views import borrowed_row
+from ..views import ROW_RANGE, borrowed_row
 from .dequant import q3_k_scale
 
 _f32 = np.float32
-ROW_RANGE = 16        # rows per parallel work item of the decode products
 
 
 @njit(cache=True, nogil=True)

@@ -15,10 +15,11 @@ Batch-sized steps go through matmul (its GEMM path) matrix by matrix.
 import numpy as np
 from numba import njit, prange
 
+from ..views import ROW_RANGE
 from .dot_f32 import rows_f32
 from .matmul import GEMM_MIN_TOKENS, matmul
 from .matmul_f32 import block_sums
-from .matmul_q8 import ROW_RANGE, int8_pays, no_activations, quantize_rows, rows_q8
+from .matmul_q8 import int8_pays, no_activations, quantize_rows, rows_q8
 from .ops import gelu_tanh_mul, silu_mul
 
 
@@ -49,7 +50,7 @@ def _projections(x, int8, xsum, act, w0, type0, out0, w1, type1, out1, w2, type2
 
 @njit(cache=True, nogil=True)
 def project(x, int8_activations, w0, type0, out0, w1, type1, out1, w2, type2, out2):
-    T, K = x.shape
+    T = x.shape[0]
     if T >= GEMM_MIN_TOKENS:
         matmul(w0, type0, x, out0, int8_activations)
         if w1.shape[0]:
