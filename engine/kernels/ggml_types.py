@@ -13,7 +13,6 @@ INT8_KERNEL_TYPES = (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)
 # where a dpbusd is two instructions): Q4_K 0.56-0.64, Q5_K 0.44-0.47, Q6_K 0.32-0.36. Since every
 # block's activation scales are one load and Q5_0's offset is in the integers (2026-12-07), on the
 # AVX2 EPYC: Q5_0 0.68-0.72 (was 0.82-0.86; 0.96-1.08 with VNNI), Q4_1 0.87 (was 1.05-1.31), Q8_0
-# 0.92-0.97 for one token (was 1.09-1.25) and, with a weight block decoded once for four tokens,
-# 0.43x the float32 tiles at 4 tokens. Not yet measured with VNNI, where a dpbusd is one
-# instruction fewer still. The float types are always float32.
+# 0.92-0.97 (was 1.09-1.25). Not yet measured with VNNI, where a dpbusd is one instruction fewer
+# still. The float types are always float32.
 INT8_ACTIVATION_TYPES = (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)

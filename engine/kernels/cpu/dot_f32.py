@@ -1,7 +1,6 @@
 """One weight row in its GGML blocks dotted with float32 activations, decoded in registers (CPU, numba).
 
     dot_row(ggml_type, row (row_bytes,) u8, x (K,) f32, xsum (K/32 + XSUM_PAD,) f32) -> f32
-        ggml_type a compile-time constant
     xsum: the sums of x per 32, then XSUM_PAD zeros (matmul_f32.block_sums makes it)
     rows_f32(ggml_type, w (N, row_bytes) u8, r0, r1, x (T, K), xsum (T, .), out (T, N)):
         out[t, r] = dot_row(w[r], x[t]) for r0 <= r < r1
@@ -11,10 +10,9 @@ matmul_f32.matmul_rows_f32, projections). A block's contribution is d * (q . x) 
 the dequantized row dotted with x up to float rounding.
 """
 import numpy as np
-from numba import literally, njit, types
-from numba.extending import overload
+from numba import njit
 
-from ..ggml_types import BF16, F16, F32, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
+from ..ggml_types import BF16, F16, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
 from ..simd import (
     hsum,
     iand,
@@ -273,69 +271,43 @@ def dot_f32(row, x, xsum):
     return hsum(acc)
 
 
-_DOT_OF_TYPE = {Q4_K: dot_q4_k, Q6_K: dot_q6_k, Q5_0: dot_q5_0, Q8_0: dot_q8_0, Q4_1: dot_q4_1, Q4_0: dot_q4_0,
-                Q5_K: dot_q5_k, Q3_K: dot_q3_k, Q2_K: dot_q2_k, Q5_1: dot_q5_1, F16: dot_f16, BF16: dot_bf16,
-                F32: dot_f32}
-
-
+@njit(cache=True, nogil=True, inline="always")
 def dot_row(ggml_type, row, x, xsum):
-    """row . x for one weight row, ggml_type a compile-time constant (njit code only)."""
-    raise TypeError("dot_row runs inside njit code")
-
-
-@overload(dot_row, inline="always", prefer_literal=True)
-def _dot_row_of_type(ggml_type, row, x, xsum):
-    """Only the literal type's dot is compiled in: a branch per type inlined here would have
-    numba type every type's code at every call site."""
-    if not isinstance(ggml_type, types.IntegerLiteral):
-        return None
-    dot = _DOT_OF_TYPE[ggml_type.literal_value]
-
-    def impl(ggml_type, row, x, xsum):
-        return dot(row, x, xsum)
-    return impl
+    """row . x for one weight row of any supported type; the types most matrices use first."""
+    if ggml_type == Q4_K:
+        return dot_q4_k(row, x, xsum)
+    if ggml_type == Q6_K:
+        return dot_q6_k(row, x, xsum)
+    if ggml_type == Q5_0:
+        return dot_q5_0(row, x, xsum)
+    if ggml_type == Q8_0:
+        return dot_q8_0(row, x, xsum)
+    if ggml_type == Q4_1:
+        return dot_q4_1(row, x, xsum)
+    if ggml_type == Q4_0:
+        return dot_q4_0(row, x, xsum)
+    if ggml_type == Q5_K:
+        return dot_q5_k(row, x, xsum)
+    if ggml_type == Q3_K:
+        return dot_q3_k(row, x, xsum)
+    if ggml_type == Q2_K:
+        return dot_q2_k(row, x, xsum)
+    if ggml_type == Q5_1:
+        return dot_q5_1(row, x, xsum)
+    if ggml_type == F16:
+        return dot_f16(row, x, xsum)
+    if ggml_type == BF16:
+        return dot_bf16(row, x, xsum)
+    return dot_f32(row, x, xsum)
 
 
 @njit(cache=True, nogil=True)
-def _rows_f32_of(ggml_type, w, r0, r1, x, xsum, out):
-    """out[t, r] = w[r] . x[t] for the rows r0 <= r < r1 and every token t.
-
-    ggml_type is a compile-time constant (`literally`): each type gets its own loop with the row
-    product inlined, and one call per range of rows, not per row (a call and its arguments'
-    reference counts per short row cost as much as a third of the product)."""
-    literally(ggml_type)
+def rows_f32(ggml_type, w, r0, r1, x, xsum, out):
+    """out[t, r] = w[r] . x[t] for the rows r0 <= r < r1 and every token t: one call per range of
+    rows, not per row (a call and its arguments' reference counts per short row cost as much as a
+    third of the product). One function for every type, the type tested per row: a function per
+    type (a literal type each) compiled for minutes longer at start."""
     for r in range(r0, r1):
         row = borrowed_row(w, r)
         for t in range(x.shape[0]):
             out[t, r] = dot_row(ggml_type, row, borrowed_row(x, t), borrowed_row(xsum, t))
-
-
-@njit(cache=True, nogil=True, inline="always")
-def rows_f32(ggml_type, w, r0, r1, x, xsum, out):
-    """out[:, r0:r1] = x @ w[r0:r1]^T; the type chosen at run time, once per range of rows."""
-    if ggml_type == Q4_K:
-        _rows_f32_of(Q4_K, w, r0, r1, x, xsum, out)
-    elif ggml_type == Q6_K:
-        _rows_f32_of(Q6_K, w, r0, r1, x, xsum, out)
-    elif ggml_type == Q5_0:
-        _rows_f32_of(Q5_0, w, r0, r1, x, xsum, out)
-    elif ggml_type == Q8_0:
-        _rows_f32_of(Q8_0, w, r0, r1, x, xsum, out)
-    elif ggml_type == Q4_1:
-        _rows_f32_of(Q4_1, w, r0, r1, x, xsum, out)
-    elif ggml_type == Q4_0:
-        _rows_f32_of(Q4_0, w, r0, r1, x, xsum, out)
-    elif ggml_type == Q5_K:
-        _rows_f32_of(Q5_K, w, r0, r1, x, xsum, out)
-    elif ggml_type == Q3_K:
-        _rows_f32_of(Q3_K, w, r0, r1, x, xsum, out)
-    elif ggml_type == Q2_K:
-        _rows_f32_of(Q2_K, w, r0, r1, x, xsum, out)
-    elif ggml_type == Q5_1:
-        _rows_f32_of(Q5_1, w, r0, r1, x, xsum, out)
-    elif ggml_type == F16:
-        _rows_f32_of(F16, w, r0, r1, x, xsum, out)
-    elif ggml_type == BF16:
-        _rows_f32_of(BF16, w, r0, r1, x, xsum, out)
-    else:
-        _rows_f32_of(F32, w, r0, r1, x, xsum, out)

@@ -4,11 +4,9 @@
         out (T, N) f32 = x (T, K) f32 @ W^T,  W = w (N, row_bytes) u8 in GGML type ggml_type
 
 Three paths, chosen by the number of tokens T:
-- T <= INT8_MAX_TOKENS with int8_activations (decode and small batches, fast mode), for the types
-  in ggml_types.INT8_ACTIVATION_TYPES (where it is the faster kernel): x is quantized to int8 per
-  16 values and integer dot products run on the weight blocks (matmul_q8.py), as llama.cpp does,
-  four tokens at a time per weight block. On the AVX2 EPYC at 8 tokens 0.65-0.8x the time of
-  the float32 outer product below, at 12 about even, at 16 1.2-1.6x.
+- T < GEMM_MIN_TOKENS with int8_activations (decode, fast mode), for the types in
+  ggml_types.INT8_ACTIVATION_TYPES (where it is the faster kernel): x is quantized to int8 per 16
+  values and integer dot products run on the weight blocks (matmul_q8.py), as llama.cpp does.
 - T < GEMM_MIN_TOKENS (decode, exact mode): float32 dot products on the blocks (matmul_f32.py, dot_f32.py).
 - otherwise (prefill, batched decode): dequantized weights and a float32 GEMM (matmul_f32.py).
   On a host without AVX-512 (OUTER_PRODUCT_GEMM), from TOKEN_VECTOR_MIN_TOKENS tokens, an outer
@@ -25,7 +23,6 @@ from .matmul_f32 import block_sums, matmul_rows_f32, matmul_tiles_f32, matmul_to
 from .matmul_q8 import int8_pays, matmul_q8, quantize_rows
 
 GEMM_MIN_TOKENS = 4
-INT8_MAX_TOKENS = 8
 TOKEN_VECTOR_MIN_TOKENS = 8
 OUTER_PRODUCT_GEMM = not HAS_AVX512F
 
@@ -34,7 +31,7 @@ OUTER_PRODUCT_GEMM = not HAS_AVX512F
 def matmul(w, ggml_type, x, out, int8_activations):
     """out (T, N) f32 = x (T, K) f32 @ W^T for W = w (N, row_bytes) u8 in GGML type ggml_type."""
     T = x.shape[0]
-    if T <= INT8_MAX_TOKENS and int8_activations and int8_pays(ggml_type):
+    if T < GEMM_MIN_TOKENS and int8_activations and int8_pays(ggml_type):
         matmul_q8(w, ggml_type, quantize_rows(x), out)
     elif T < GEMM_MIN_TOKENS:
         matmul_rows_f32(w, ggml_type, x, block_sums(x), out)

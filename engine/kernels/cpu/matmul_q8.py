@@ -78,8 +78,8 @@ _f32 = np.float32
 
 @njit(cache=True, nogil=True)
 def quantize_rows(x):
-    """x (T, K) f32 -> the activations of the int8 products, a tuple (serial: decode-sized steps
-    only, T <= matmul.INT8_MAX_TOKENS; a thread wake-up would cost more than the work):
+    """x (T, K) f32 -> the activations of the int8 products, a tuple (Serial: decode-sized steps
+    only, T < 4; a thread wake-up would cost more than the work):
         qx (T, K) i8        round(x / dx) per 16 values
         dx (T, K/16) f32    their scales, max|x| / 127
         xqsum16 (T, K/16)   the sum of each 16 dequantized values, dx * sum(qx)
@@ -229,31 +229,13 @@ def _sub_block_pair(lo, hi, qx, at, scales, c, acc0, acc1):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _q4_k_quarter(row, o, at, c, qx, scales, acc0, acc1):
-    """64 weights: sub-block 2c in the low nibbles, 2c + 1 in the high ones."""
-    packed = load_u8x32(row, o + 16 + 32 * c)
-    return _sub_block_pair(band(packed, 15), bshr(packed, 4), qx, at + 64 * c, scales, c, acc0, acc1)
-
-
-@njit(cache=True, nogil=True, inline="always")
 def _q4_k_super(row, sb, qx, dx, xqsum16, acc0, acc1, offset):
-    """(The quarters are written out, not looped: an inlined loop, four times in _row_dot_k4's
-    body, trips numba's scope check.)"""
     o = sb * 144
     scales, offset = _q4_k_scales(row, o, sb, dx, xqsum16, offset)
-    acc0, acc1 = _q4_k_quarter(row, o, sb * 256, 0, qx, scales, acc0, acc1)
-    acc0, acc1 = _q4_k_quarter(row, o, sb * 256, 1, qx, scales, acc0, acc1)
-    acc0, acc1 = _q4_k_quarter(row, o, sb * 256, 2, qx, scales, acc0, acc1)
-    acc0, acc1 = _q4_k_quarter(row, o, sb * 256, 3, qx, scales, acc0, acc1)
+    for c in range(4):                          # 64 weights: sub-block 2c in the low nibbles, 2c+1 high
+        packed = load_u8x32(row, o + 16 + 32 * c)
+        acc0, acc1 = _sub_block_pair(band(packed, 15), bshr(packed, 4), qx, sb * 256 + 64 * c, scales, c, acc0, acc1)
     return acc0, acc1, offset
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _q5_k_quarter(row, o, qh, at, c, qx, scales, acc0, acc1):
-    packed = load_u8x32(row, o + 48 + 32 * c)
-    lo = bor(band(packed, 15), bshl(band(bshr(qh, 2 * c), 1), 4))
-    hi = bor(bshr(packed, 4), bshl(band(bshr(qh, 2 * c + 1), 1), 4))
-    return _sub_block_pair(lo, hi, qx, at + 64 * c, scales, c, acc0, acc1)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -262,10 +244,11 @@ def _q5_k_super(row, sb, qx, dx, xqsum16, acc0, acc1, offset):
     o = sb * 176
     scales, offset = _q4_k_scales(row, o, sb, dx, xqsum16, offset)
     qh = load_u8x32(row, o + 16)
-    acc0, acc1 = _q5_k_quarter(row, o, qh, sb * 256, 0, qx, scales, acc0, acc1)
-    acc0, acc1 = _q5_k_quarter(row, o, qh, sb * 256, 1, qx, scales, acc0, acc1)
-    acc0, acc1 = _q5_k_quarter(row, o, qh, sb * 256, 2, qx, scales, acc0, acc1)
-    acc0, acc1 = _q5_k_quarter(row, o, qh, sb * 256, 3, qx, scales, acc0, acc1)
+    for c in range(4):
+        packed = load_u8x32(row, o + 48 + 32 * c)
+        lo = bor(band(packed, 15), bshl(band(bshr(qh, 2 * c), 1), 4))
+        hi = bor(bshr(packed, 4), bshl(band(bshr(qh, 2 * c + 1), 1), 4))
+        acc0, acc1 = _sub_block_pair(lo, hi, qx, sb * 256 + 64 * c, scales, c, acc0, acc1)
     return acc0, acc1, offset
 
 
@@ -278,19 +261,6 @@ def _q6_k_part(ql, qh, part, qx, at, scales, g, acc):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _q6_k_half(row, o, k, half, qx, scales, acc0, acc1):
-    qh = load_u8x32(row, o + 128 + 32 * half)
-    ql0 = load_u8x32(row, o + 64 * half)
-    ql1 = load_u8x32(row, o + 64 * half + 32)
-    at = k + 128 * half
-    acc0 = _q6_k_part(ql0, qh, 0, qx, at, scales, 8 * half, acc0)
-    acc1 = _q6_k_part(ql1, qh, 1, qx, at + 32, scales, 8 * half + 2, acc1)
-    acc0 = _q6_k_part(ql0, qh, 2, qx, at + 64, scales, 8 * half + 4, acc0)
-    acc1 = _q6_k_part(ql1, qh, 3, qx, at + 96, scales, 8 * half + 6, acc1)
-    return acc0, acc1
-
-
-@njit(cache=True, nogil=True, inline="always")
 def _q6_k_super(row, sb, qx, dx, xqsum16, acc0, acc1, offset):
     """Sixteen int8 scales, one per 16 weights in order; weight = d * scale * (q - 32)."""
     o = sb * 210
@@ -298,8 +268,15 @@ def _q6_k_super(row, sb, qx, dx, xqsum16, acc0, acc1, offset):
     wscale = vmul(itof(load_i8x16(row, o + 192)), vsplat(load_f16_tail(row, o + 208)))
     scales = vmul(wscale, vload(dx, sb * 16))
     offset = vfma(vmul(wscale, vsplat(32.0)), vload(xqsum16, sb * 16), offset)
-    acc0, acc1 = _q6_k_half(row, o, k, 0, qx, scales, acc0, acc1)
-    acc0, acc1 = _q6_k_half(row, o, k, 1, qx, scales, acc0, acc1)
+    for half in range(2):
+        qh = load_u8x32(row, o + 128 + 32 * half)
+        ql0 = load_u8x32(row, o + 64 * half)
+        ql1 = load_u8x32(row, o + 64 * half + 32)
+        at = k + 128 * half
+        acc0 = _q6_k_part(ql0, qh, 0, qx, at, scales, 8 * half, acc0)
+        acc1 = _q6_k_part(ql1, qh, 1, qx, at + 32, scales, 8 * half + 2, acc1)
+        acc0 = _q6_k_part(ql0, qh, 2, qx, at + 64, scales, 8 * half + 4, acc0)
+        acc1 = _q6_k_part(ql1, qh, 3, qx, at + 96, scales, 8 * half + 6, acc1)
     return acc0, acc1, offset
 
 
@@ -377,60 +354,6 @@ def _row_dot(ggml_type, row, qx, dx8, xsum4, xqsum16):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _row_dot4(ggml_type, row, qx, dx8, xsum4, xqsum16, t):
-    """_row_dot for the four tokens t..t+3 of the 2-D activations at once, each token's sums in
-    the same order as _row_dot's (the same bits as one token alone), their updates of a block side
-    by side: LLVM decodes each weight block once for the four."""
-    q0, q1, q2, q3 = borrowed_row(qx, t), borrowed_row(qx, t + 1), borrowed_row(qx, t + 2), borrowed_row(qx, t + 3)
-    d0, d1, d2, d3 = borrowed_row(dx8, t), borrowed_row(dx8, t + 1), borrowed_row(dx8, t + 2), borrowed_row(dx8, t + 3)
-    s0, s1, s2, s3 = (borrowed_row(xsum4, t), borrowed_row(xsum4, t + 1), borrowed_row(xsum4, t + 2),
-                      borrowed_row(xsum4, t + 3))
-    x0, x1, x2, x3 = (borrowed_row(xqsum16, t), borrowed_row(xqsum16, t + 1), borrowed_row(xqsum16, t + 2),
-                      borrowed_row(xqsum16, t + 3))
-    a00, a01, a10, a11, a20, a21, a30, a31 = (vzero8(), vzero8(), vzero8(), vzero8(), vzero8(), vzero8(), vzero8(),
-                                              vzero8())
-    c00, c01, c10, c11, c20, c21, c30, c31 = (_f32(0.0), _f32(0.0), _f32(0.0), _f32(0.0), _f32(0.0), _f32(0.0),
-                                              _f32(0.0), _f32(0.0))
-    n_blocks = qx.shape[1] // 32
-    for b in range(0, n_blocks - 1, 2):
-        a00, c00 = _activation_block(ggml_type, row, b, q0, d0, s0, x0, a00, c00)
-        a10, c10 = _activation_block(ggml_type, row, b, q1, d1, s1, x1, a10, c10)
-        a20, c20 = _activation_block(ggml_type, row, b, q2, d2, s2, x2, a20, c20)
-        a30, c30 = _activation_block(ggml_type, row, b, q3, d3, s3, x3, a30, c30)
-        a01, c01 = _activation_block(ggml_type, row, b + 1, q0, d0, s0, x0, a01, c01)
-        a11, c11 = _activation_block(ggml_type, row, b + 1, q1, d1, s1, x1, a11, c11)
-        a21, c21 = _activation_block(ggml_type, row, b + 1, q2, d2, s2, x2, a21, c21)
-        a31, c31 = _activation_block(ggml_type, row, b + 1, q3, d3, s3, x3, a31, c31)
-    if n_blocks % 2:
-        b = n_blocks - 1
-        a00, c00 = _activation_block(ggml_type, row, b, q0, d0, s0, x0, a00, c00)
-        a10, c10 = _activation_block(ggml_type, row, b, q1, d1, s1, x1, a10, c10)
-        a20, c20 = _activation_block(ggml_type, row, b, q2, d2, s2, x2, a20, c20)
-        a30, c30 = _activation_block(ggml_type, row, b, q3, d3, s3, x3, a30, c30)
-    return (hsum8(vadd8(a00, a01)) + c00 + c01, hsum8(vadd8(a10, a11)) + c10 + c11,
-            hsum8(vadd8(a20, a21)) + c20 + c21, hsum8(vadd8(a30, a31)) + c30 + c31)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _row_dot_k4(ggml_type, row, qx, dx, xqsum16, t):
-    """_row_dot_k for the four tokens t..t+3 at once, as _row_dot4."""
-    q0, q1, q2, q3 = borrowed_row(qx, t), borrowed_row(qx, t + 1), borrowed_row(qx, t + 2), borrowed_row(qx, t + 3)
-    d0, d1, d2, d3 = borrowed_row(dx, t), borrowed_row(dx, t + 1), borrowed_row(dx, t + 2), borrowed_row(dx, t + 3)
-    x0, x1, x2, x3 = (borrowed_row(xqsum16, t), borrowed_row(xqsum16, t + 1), borrowed_row(xqsum16, t + 2),
-                      borrowed_row(xqsum16, t + 3))
-    a00, a01, a10, a11, a20, a21, a30, a31 = (vzero8(), vzero8(), vzero8(), vzero8(), vzero8(), vzero8(), vzero8(),
-                                              vzero8())
-    o0, o1, o2, o3 = vzero(), vzero(), vzero(), vzero()
-    for sb in range(qx.shape[1] // 256):
-        a00, a01, o0 = _super_block(ggml_type, row, sb, q0, d0, x0, a00, a01, o0)
-        a10, a11, o1 = _super_block(ggml_type, row, sb, q1, d1, x1, a10, a11, o1)
-        a20, a21, o2 = _super_block(ggml_type, row, sb, q2, d2, x2, a20, a21, o2)
-        a30, a31, o3 = _super_block(ggml_type, row, sb, q3, d3, x3, a30, a31, o3)
-    return (hsum8(vadd8(a00, a01)) - hsum(o0), hsum8(vadd8(a10, a11)) - hsum(o1),
-            hsum8(vadd8(a20, a21)) - hsum(o2), hsum8(vadd8(a30, a31)) - hsum(o3))
-
-
-@njit(cache=True, nogil=True, inline="always")
 def has_int8_kernel(ggml_type):
     """ggml_type in INT8_KERNEL_TYPES: rows_q8 has a kernel for it."""
     return (ggml_type == Q4_0 or ggml_type == Q4_1 or ggml_type == Q5_0 or ggml_type == Q5_1 or ggml_type == Q8_0
@@ -466,26 +389,6 @@ def _row_dot_of_type(ggml_type, row, act, t):
     return impl
 
 
-def _row_dot4_of(ggml_type, row, act, t):
-    raise TypeError("njit code only")
-
-
-@overload(_row_dot4_of, inline="always", prefer_literal=True)
-def _row_dot4_of_type(ggml_type, row, act, t):
-    """As _row_dot_of for the four tokens t..t+3 (_row_dot4, _row_dot_k4)."""
-    if not isinstance(ggml_type, types.IntegerLiteral):
-        return None
-    if ggml_type.literal_value in (Q4_K, Q5_K, Q6_K):
-        def impl(ggml_type, row, act, t):
-            qx, dx, xqsum16, dx8, xsum4 = act
-            return _row_dot_k4(ggml_type, row, qx, dx, xqsum16, t)
-    else:
-        def impl(ggml_type, row, act, t):
-            qx, dx, xqsum16, dx8, xsum4 = act
-            return _row_dot4(ggml_type, row, qx, dx8, xsum4, xqsum16, t)
-    return impl
-
-
 @njit(cache=True, nogil=True)
 def _rows_q8_of(ggml_type, w, r0, r1, act, out):
     """out[t, r] = w[r] . x[t] for the rows r0 <= r < r1 and every token t.
@@ -496,13 +399,8 @@ def _rows_q8_of(ggml_type, w, r0, r1, act, out):
     literally(ggml_type)
     for r in range(r0, r1):
         row = borrowed_row(w, r)
-        t = 0
-        while t + 4 <= out.shape[0]:
-            out[t, r], out[t + 1, r], out[t + 2, r], out[t + 3, r] = _row_dot4_of(ggml_type, row, act, t)
-            t += 4
-        while t < out.shape[0]:
+        for t in range(out.shape[0]):
             out[t, r] = _row_dot_of(ggml_type, row, act, t)
-            t += 1
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -535,10 +433,10 @@ def rows_q8(ggml_type, w, r0, r1, act, out):
 def matmul_q8(w, ggml_type, act, out):
     """out (T, N) = x @ W^T with act = quantize_rows(x); ggml_type in INT8_KERNEL_TYPES.
 
-    Ranges of ROW_RANGE rows in parallel, each row streamed once for all tokens, each weight block
-    decoded once for four tokens (_row_dot4): tiles of four interleaved rows would share the
-    activation loads but read memory in an order the prefetchers follow poorly, and decode reads
-    its weights from DRAM (142 vs 108 tokens/s for SmolLM2)."""
+    Ranges of ROW_RANGE rows in parallel, each row streamed once for all tokens: tiles of four
+    interleaved rows would share the activation loads but read memory in an order the
+    prefetchers follow poorly, and decode reads its weights from DRAM (142 vs 108 tokens/s for
+    SmolLM2)."""
     n_ranges = (w.shape[0] + ROW_RANGE - 1) // ROW_RANGE
     for i in prange(n_ranges):
         rows_q8(ggml_type, w, i * ROW_RANGE, min(i * ROW_RANGE + ROW_RANGE, w.shape[0]), act, out)
