@@ -5,7 +5,7 @@
     rows_f32(ggml_type, w (N, row_bytes) u8, r0, r1, x (T, K), xsum (T, .), out (T, N)):
         out[t, r] = dot_row(w[r], x[t]) for r0 <= r < r1
 
-One `dot_<type>` per type, chosen per range of rows by rows_f32 (the exact mode's decode path:
+One `dot_<type>` per type, chosen per row by dot_row inside rows_f32 (the exact mode's decode path:
 matmul_f32.matmul_rows_f32, projections). A block's contribution is d * (q . x) [+ m * sum(x)]:
 the dequantized row dotted with x up to float rounding.
 """
