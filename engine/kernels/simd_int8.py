@@ -80,29 +80,21 @@ def load_nibbles(typingctx, arr, idx):
     return u8x32(arr, idx), codegen
 
 
-def _bits32_typer(where_set: bool):
+@intrinsic
+def load_bits32(typingctx, arr, idx, value):
     """The 32 bits of the little-endian u32 at byte idx as bytes: byte i = value where bit i is set,
-    else 0 (load_bits32: the fifth bits of a Q5_0/Q5_1 block, llama.cpp's bytes_from_bits_32); or
-    value where bit i is clear, else 0 (load_clear_bits32)."""
-    def typer(typingctx, arr, idx, value):
-        _check_array(arr)
+    else 0 (the fifth bits of a Q5_0/Q5_1 block, llama.cpp's bytes_from_bits_32)."""
+    _check_array(arr)
 
-        def codegen(context, builder, sig, args):
-            word = builder.bitcast(_load_word(context, builder, sig, args, 0), ir.VectorType(_I8, 4))
-            byte_of_bit = ir.Constant(ir.VectorType(_I32, 32), [i // 8 for i in range(32)])
-            spread = builder.shuffle_vector(word, word, byte_of_bit)
-            bit = builder.and_(spread, ir.Constant(_VB, [1 << (i % 8) for i in range(32)]))
-            chosen = builder.icmp_unsigned("!=" if where_set else "==", bit, ir.Constant(_VB, [0] * 32))
-            byte_value = _splat(builder, context.cast(builder, args[2], sig.args[2], types.uint8), _VB)
-            return builder.select(chosen, byte_value, ir.Constant(_VB, [0] * 32))
-        return u8x32(arr, idx, value), codegen
-    return typer
-
-
-load_bits32 = intrinsic(_bits32_typer(True))
-load_bits32.__doc__ = _bits32_typer.__doc__
-load_clear_bits32 = intrinsic(_bits32_typer(False))
-load_clear_bits32.__doc__ = _bits32_typer.__doc__
+    def codegen(context, builder, sig, args):
+        word = builder.bitcast(_load_word(context, builder, sig, args, 0), ir.VectorType(_I8, 4))
+        byte_of_bit = ir.Constant(ir.VectorType(_I32, 32), [i // 8 for i in range(32)])
+        spread = builder.shuffle_vector(word, word, byte_of_bit)
+        bit = builder.and_(spread, ir.Constant(_VB, [1 << (i % 8) for i in range(32)]))
+        chosen = builder.icmp_unsigned("!=", bit, ir.Constant(_VB, [0] * 32))
+        byte_value = _splat(builder, context.cast(builder, args[2], sig.args[2], types.uint8), _VB)
+        return builder.select(chosen, byte_value, ir.Constant(_VB, [0] * 32))
+    return u8x32(arr, idx, value), codegen
 
 
 def _byte_scalar_op(op):
@@ -280,6 +272,6 @@ def hsum8(typingctx, a):
     return types.float32(f32x8), codegen
 
 
-__all__ = ["u8x32", "i32x8", "f32x8", "load_u8x32", "load_nibbles", "load_bits32", "load_clear_bits32", "band",
+__all__ = ["u8x32", "i32x8", "f32x8", "load_u8x32", "load_nibbles", "load_bits32", "band",
            "bshr", "bshl", "bxor", "bor", "babs", "bsign", "dpbusd", "load_i32x8", "isub8", "ishl8", "izero8", "itof8",
            "load_f32x8", "vzero8", "vsplat8", "vsplat8x2", "vfma8", "vmul8", "vadd8", "hsum8"]
