@@ -7,12 +7,11 @@ from numba import njit
 from engine.kernels import reference as R
 from engine.kernels.cpu.attention import paged_attention, write_kv
 from engine.kernels.cpu.matmul import (
-    GEMM_MIN_TOKENS,
     OUTER_PRODUCT_GEMM,
     TOKEN_VECTOR_MIN_TOKENS,
     matmul,
 )
-from engine.kernels.cpu.matmul_f32 import matmul_tiles_f32, matmul_token_vectors_f32
+from engine.kernels.cpu.matmul_f32 import block_sums, matmul_rows_f32, matmul_tiles_f32, matmul_token_vectors_f32
 from engine.kernels.cpu.matmul_q8 import matmul_q8, quantize_rows
 from engine.kernels.cpu.ops import add_inplace, embed, rms_norm, rope, rope_tables, silu_mul
 from engine.kernels.ggml_types import INT8_ACTIVATION_TYPES, INT8_KERNEL_TYPES
@@ -33,7 +32,7 @@ def activations(rng, T, K, outliers=True):
 
 
 @pytest.mark.parametrize("ggml_type", TYPES, ids=NAMES)
-@pytest.mark.parametrize("tokens", [1, 3, GEMM_MIN_TOKENS, 9])
+@pytest.mark.parametrize("tokens", [1, 2, 3, 4, 9])
 def test_matmul_float32_activations(ggml_type, tokens, rng):
     N, K = 37, 768                      # a ragged row count: tiles of 4 must handle the tail
     w = random_blocks(ggml_type, N, K, rng)
@@ -71,6 +70,21 @@ def test_a_tokens_batch_product_does_not_depend_on_the_batch_around_it(kernel, r
         alone = np.empty((hi - lo, 40), np.float32)
         kernel(w, ggml_type, np.ascontiguousarray(x[lo:hi]), alone)
         np.testing.assert_array_equal(alone, together[lo:hi])
+
+
+@pytest.mark.parametrize("ggml_type", TYPES, ids=NAMES)
+def test_row_products_of_a_few_tokens_are_the_tiles_bit_for_bit(ggml_type, rng):
+    """Several tokens on the row products (four per decoded block: small batches, speculative
+    verification) get the tiles' arithmetic exactly, so a token's logits do not depend on which
+    of the two paths matmul.F32_ROW_TOKENS sends its step to."""
+    N, K = 37, 768
+    w = random_blocks(ggml_type, N, K, rng)
+    for tokens in (2, 3, 4, 5, 7):
+        x = activations(rng, tokens, K)
+        rows, tiles = np.empty((tokens, N), np.float32), np.empty((tokens, N), np.float32)
+        matmul_rows_f32(w, ggml_type, x, block_sums(x), rows)
+        matmul_tiles_f32(w, ggml_type, x, tiles)
+        np.testing.assert_array_equal(rows, tiles)
 
 
 @pytest.mark.parametrize("tokens", [TOKEN_VECTOR_MIN_TOKENS, 40])

@@ -57,6 +57,16 @@ def q6_k_lanes(row, o, half, chunk):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def q6_k_group(row, o, half, chunk, group):
+    """The 6-bit values of weights half*128 + 32*group + 16*chunk .. +15 of the Q6_K super-block at
+    byte o: group `group` of q6_k_lanes(row, o, half, chunk) alone."""
+    ql = load_u8x16(row, o + 64 * half + 16 * chunk + 32 * (group % 2))
+    qh = load_u8x16(row, o + 128 + 32 * half + 16 * chunk)
+    low = ishr(ql, 4) if group >= 2 else iand(ql, 15)
+    return isub(ior(low, ishl(iand(ishr(qh, 2 * group), 3), 4)), 32)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def q5_lanes(row, o, size):
     """The 5-bit values (0..31) of the Q5_0/Q5_1 block at byte o (size 22 or 24): weights 0..15, 16..31."""
     q = load_u8x16(row, o + size - 16)
@@ -99,105 +109,97 @@ def signed_byte(byte):
     return np.int32(byte) - 256 if byte > 127 else np.int32(byte)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _scaled(d, q, m):
+    """d * q - m for one 16-lane group: d, m float32 scalars, q int lanes."""
+    return vsub(vmul(vsplat(d), itof(q)), vsplat(m))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def block_weights(ggml_type, row, b):
+    """Weights 32b .. 32b+31 of a row, dequantized: (lo, hi) f32x16, lanes 0-15 and 16-31.
+
+    The one definition of every type's weights in float32 (dequantize_row, and the multi-token row
+    products of dot_f32). A K-quant block is one 32-weight sub-block of its 256-weight super-block;
+    its scales are decoded per block (a few scalar operations, shared by every token the weights
+    are used for)."""
+    if ggml_type == Q4_K:
+        sb, j = divmod(b, 8)
+        o = sb * 144
+        d, dmin = load_f16_pair(row, o)
+        sc, m = q4_k_scale_min(row, o, j)
+        scale = d * _f32(sc)
+        offset = dmin * _f32(m)
+        qa = load_u8x16(row, o + 16 + (j // 2) * 32)
+        qb = load_u8x16(row, o + 32 + (j // 2) * 32)
+        if j % 2:
+            return _scaled(scale, ishr(qa, 4), offset), _scaled(scale, ishr(qb, 4), offset)
+        return _scaled(scale, iand(qa, 15), offset), _scaled(scale, iand(qb, 15), offset)
+    if ggml_type == Q6_K:
+        sb, j = divmod(b, 8)
+        o = sb * 210
+        half, group = divmod(j, 4)              # weights half*128 + 32*group + 16*chunk ..
+        d = load_f16_tail(row, o + 208)
+        g = o + 192 + 8 * half + 2 * group      # the scales of chunks 0 and 1
+        lo = q6_k_group(row, o, half, 0, group)
+        hi = q6_k_group(row, o, half, 1, group)
+        return (vmul(vsplat(d * _f32(signed_byte(row[g]))), itof(lo)),
+                vmul(vsplat(d * _f32(signed_byte(row[g + 1]))), itof(hi)))
+    if ggml_type == Q5_0 or ggml_type == Q5_1:
+        size = 24 if ggml_type == Q5_1 else 22
+        o = b * size
+        lo, hi = q5_lanes(row, o, size)
+        d = vsplat(load_f16(row, o))
+        if ggml_type == Q5_1:
+            m = vsplat(load_f16(row, o + 2))
+            return vadd(vmul(d, itof(lo)), m), vadd(vmul(d, itof(hi)), m)
+        return vmul(d, itof(isub(lo, 16))), vmul(d, itof(isub(hi, 16)))
+    if ggml_type == Q8_0:
+        o = b * 34
+        d = vsplat(load_f16(row, o))
+        return vmul(itof(load_i8x16(row, o + 2)), d), vmul(itof(load_i8x16(row, o + 18)), d)
+    if ggml_type == Q4_1 or ggml_type == Q4_0:
+        size = 20 if ggml_type == Q4_1 else 18
+        o = b * size
+        q = load_u8x16(row, o + size - 16)
+        d = vsplat(load_f16(row, o))
+        if ggml_type == Q4_1:
+            m = vsplat(load_f16(row, o + 2))
+            return vadd(vmul(d, itof(iand(q, 15))), m), vadd(vmul(d, itof(ishr(q, 4))), m)
+        return vmul(d, itof(isub(iand(q, 15), 8))), vmul(d, itof(isub(ishr(q, 4), 8)))
+    if ggml_type == Q5_K:
+        sb, j = divmod(b, 8)
+        o = sb * 176
+        d, dmin = load_f16_pair(row, o)
+        sc, m = q4_k_scale_min(row, o, j)
+        scale = d * _f32(sc)
+        offset = dmin * _f32(m)
+        return _scaled(scale, q5_k_lanes(row, o, j, 0), offset), _scaled(scale, q5_k_lanes(row, o, j, 1), offset)
+    if ggml_type == Q3_K:
+        sb, i = divmod(b, 8)
+        o = sb * 110
+        d = load_f16_tail(row, o + 108)
+        return (vmul(vsplat(d * _f32(q3_k_scale(row, o, 2 * i))), itof(q3_k_lanes(row, o, i, 0))),
+                vmul(vsplat(d * _f32(q3_k_scale(row, o, 2 * i + 1))), itof(q3_k_lanes(row, o, i, 1))))
+    if ggml_type == Q2_K:
+        sb, i = divmod(b, 8)
+        o = sb * 84
+        d, dmin = load_f16_pair(row, o + 80)
+        s0 = row[o + 2 * i]
+        s1 = row[o + 2 * i + 1]
+        return (_scaled(d * _f32(s0 & 15), crumb_lanes(row, o + 16, i, 0), dmin * _f32(s0 >> 4)),
+                _scaled(d * _f32(s1 & 15), crumb_lanes(row, o + 16, i, 1), dmin * _f32(s1 >> 4)))
+    if ggml_type == F16:
+        return load_f16x16(row, 64 * b), load_f16x16(row, 64 * b + 32)
+    if ggml_type == BF16:
+        return load_bf16x16(row, 64 * b), load_bf16x16(row, 64 * b + 32)
+    return vload(row, 128 * b), vload(row, 128 * b + 64)
+
+
 @njit(cache=True, nogil=True)
 def dequantize_row(ggml_type, row, out):
     """row (row_bytes,) u8 -> out (K,) f32."""
-    K = out.shape[0]
-    if ggml_type == Q4_1 or ggml_type == Q4_0:
-        size = 20 if ggml_type == Q4_1 else 18
-        for b in range(K // 32):
-            o = b * size
-            q = load_u8x16(row, o + size - 16)
-            d = vsplat(load_f16(row, o))
-            if ggml_type == Q4_1:
-                m = vsplat(load_f16(row, o + 2))
-                vstore(out, b * 32, vadd(vmul(d, itof(iand(q, 15))), m))
-                vstore(out, b * 32 + 16, vadd(vmul(d, itof(ishr(q, 4))), m))
-            else:
-                vstore(out, b * 32, vmul(d, itof(isub(iand(q, 15), 8))))
-                vstore(out, b * 32 + 16, vmul(d, itof(isub(ishr(q, 4), 8))))
-    elif ggml_type == Q5_0 or ggml_type == Q5_1:
-        size = 24 if ggml_type == Q5_1 else 22
-        for b in range(K // 32):
-            o = b * size
-            lo, hi = q5_lanes(row, o, size)
-            d = vsplat(load_f16(row, o))
-            if ggml_type == Q5_1:
-                m = vsplat(load_f16(row, o + 2))
-                vstore(out, b * 32, vadd(vmul(d, itof(lo)), m))
-                vstore(out, b * 32 + 16, vadd(vmul(d, itof(hi)), m))
-            else:
-                vstore(out, b * 32, vmul(d, itof(isub(lo, 16))))
-                vstore(out, b * 32 + 16, vmul(d, itof(isub(hi, 16))))
-    elif ggml_type == Q8_0:
-        for b in range(K // 32):
-            o = b * 34
-            d = vsplat(load_f16(row, o))
-            vstore(out, b * 32, vmul(itof(load_i8x16(row, o + 2)), d))
-            vstore(out, b * 32 + 16, vmul(itof(load_i8x16(row, o + 18)), d))
-    elif ggml_type == Q4_K:
-        for sb in range(K // 256):
-            o = sb * 144
-            d = load_f16(row, o)
-            dmin = load_f16(row, o + 2)
-            for j in range(8):
-                c = j // 2
-                sc, m = q4_k_scale_min(row, o, j)
-                scale = vsplat(d * _f32(sc))
-                offset = vsplat(dmin * _f32(m))
-                for part in range(2):
-                    q = load_u8x16(row, o + 16 + c * 32 + part * 16)
-                    q = ishr(q, 4) if j % 2 else iand(q, 15)
-                    vstore(out, sb * 256 + j * 32 + part * 16, vsub(vmul(scale, itof(q)), offset))
-    elif ggml_type == Q6_K:
-        for sb in range(K // 256):
-            o = sb * 210
-            d = load_f16_tail(row, o + 208)
-            for half in range(2):
-                for chunk in range(2):
-                    q1, q2, q3, q4 = q6_k_lanes(row, o, half, chunk)
-                    k = sb * 256 + half * 128 + chunk * 16
-                    g = o + 192 + 8 * half + chunk
-                    vstore(out, k, vmul(vsplat(d * _f32(signed_byte(row[g]))), itof(q1)))
-                    vstore(out, k + 32, vmul(vsplat(d * _f32(signed_byte(row[g + 2]))), itof(q2)))
-                    vstore(out, k + 64, vmul(vsplat(d * _f32(signed_byte(row[g + 4]))), itof(q3)))
-                    vstore(out, k + 96, vmul(vsplat(d * _f32(signed_byte(row[g + 6]))), itof(q4)))
-    elif ggml_type == Q5_K:
-        for sb in range(K // 256):
-            o = sb * 176
-            d, dmin = load_f16_pair(row, o)
-            for j in range(8):
-                sc, m = q4_k_scale_min(row, o, j)
-                scale = vsplat(d * _f32(sc))
-                offset = vsplat(dmin * _f32(m))
-                for part in range(2):
-                    q = q5_k_lanes(row, o, j, part)
-                    vstore(out, sb * 256 + j * 32 + part * 16, vsub(vmul(scale, itof(q)), offset))
-    elif ggml_type == Q3_K:
-        for sb in range(K // 256):
-            o = sb * 110
-            d = load_f16_tail(row, o + 108)
-            for i in range(8):
-                for part in range(2):
-                    scale = vsplat(d * _f32(q3_k_scale(row, o, 2 * i + part)))
-                    vstore(out, sb * 256 + i * 32 + part * 16, vmul(scale, itof(q3_k_lanes(row, o, i, part))))
-    elif ggml_type == Q2_K:
-        for sb in range(K // 256):
-            o = sb * 84
-            d, dmin = load_f16_pair(row, o + 80)
-            for i in range(8):
-                for part in range(2):
-                    sc = row[o + 2 * i + part]
-                    scale = vsplat(d * _f32(sc & 15))
-                    offset = vsplat(dmin * _f32(sc >> 4))
-                    q = crumb_lanes(row, o + 16, i, part)
-                    vstore(out, sb * 256 + i * 32 + part * 16, vsub(vmul(scale, itof(q)), offset))
-    elif ggml_type == F16:
-        for k in range(0, K, 16):
-            vstore(out, k, load_f16x16(row, 2 * k))
-    elif ggml_type == BF16:
-        for k in range(0, K, 16):
-            vstore(out, k, load_bf16x16(row, 2 * k))
-    else:
-        for k in range(0, K, 16):
-            vstore(out, k, vload(row, 4 * k))
+    for b in range(out.shape[0] // 32):
+        lo, hi = block_weights(ggml_type, row, b)
+        vstore(out, 32 * b, lo)
+        vstore(out, 32 * b + 16, hi)

@@ -3,7 +3,8 @@
     dot_row(ggml_type, row (row_bytes,) u8, x (K,) f32, xsum (K/32 + XSUM_PAD,) f32) -> f32
     xsum: the sums of x per 32, then XSUM_PAD zeros (matmul_f32.block_sums makes it)
     rows_f32(ggml_type, w (N, row_bytes) u8, r0, r1, x (T, K), xsum (T, .), out (T, N)):
-        out[t, r] = dot_row(w[r], x[t]) for r0 <= r < r1
+        out[t, r] = w[r] . x[t] for r0 <= r < r1: dot_row for one token; for several, four
+        tokens per block decoded once (dequant.block_weights), the tiles' arithmetic bit for bit
 
 One `dot_<type>` per type, chosen per row by dot_row inside rows_f32 (the exact mode's decode path:
 matmul_f32.matmul_rows_f32, projections). A block's contribution is d * (q . x) [+ m * sum(x)]:
@@ -31,6 +32,7 @@ from ..simd import (
     load_u8x16,
     q4_k_mins,
     q4_k_scales,
+    store_hsum4,
     vadd,
     vfma,
     vlane,
@@ -41,7 +43,7 @@ from ..simd import (
     vzero,
 )
 from ..views import borrowed_row
-from .dequant import crumb_lanes, q3_k_lanes, q3_k_scale, q5_lanes, q6_k_lanes
+from .dequant import block_weights, crumb_lanes, q3_k_lanes, q3_k_scale, q5_lanes, q6_k_lanes
 
 _f32 = np.float32
 XSUM_PAD = 8      # the K-quants read a super-block's eight block sums as one 16-lane vector
@@ -301,13 +303,53 @@ def dot_row(ggml_type, row, x, xsum):
     return dot_f32(row, x, xsum)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _dot_tokens4(ggml_type, row, x0, x1, x2, x3, pair, sums):
+    """sums[0:4] = row . x0, .. row . x3, the row decoded once per 32-weight block for the four
+    tokens (dequant.block_weights); with `pair`, x0 and x1 only (sums 2 and 3 are left zero).
+    Each sum is matmul_f32's tile arithmetic (one fma chain over k, then store_hsum4's tree), so a
+    token gets the same bits here as on the tiles."""
+    a0 = vzero()
+    a1 = vzero()
+    a2 = vzero()
+    a3 = vzero()
+    for b in range(x0.shape[0] // 32):
+        lo, hi = block_weights(ggml_type, row, b)
+        k = 32 * b
+        a0 = vfma(vload(x0, k + 16), hi, vfma(vload(x0, k), lo, a0))
+        a1 = vfma(vload(x1, k + 16), hi, vfma(vload(x1, k), lo, a1))
+        if not pair:
+            a2 = vfma(vload(x2, k + 16), hi, vfma(vload(x2, k), lo, a2))
+            a3 = vfma(vload(x3, k + 16), hi, vfma(vload(x3, k), lo, a3))
+    store_hsum4(sums, 0, a0, a1, a2, a3)
+
+
 @njit(cache=True, nogil=True)
 def rows_f32(ggml_type, w, r0, r1, x, xsum, out):
     """out[t, r] = w[r] . x[t] for the rows r0 <= r < r1 and every token t: one call per range of
     rows, not per row (a call and its arguments' reference counts per short row cost as much as a
     third of the product). One function for every type, the type tested per row: a function per
-    type (a literal type each) compiled for minutes longer at start."""
-    for r in range(r0, r1):
-        row = borrowed_row(w, r)
-        for t in range(x.shape[0]):
-            out[t, r] = dot_row(ggml_type, row, borrowed_row(x, t), borrowed_row(xsum, t))
+    type (a literal type each) compiled for minutes longer at start.
+
+    One token: dot_row, the row decoded in registers and dotted in one pass. Several (small
+    batches, speculative verification): four tokens per decoded block (_dot_tokens4; a group of
+    fewer repeats its last token), where decoding the row again per token cost a 3-token step
+    2.5-3x one token on an AVX2-only EPYC."""
+    T = x.shape[0]
+    if T == 1:
+        xt = borrowed_row(x, 0)
+        xs = borrowed_row(xsum, 0)
+        for r in range(r0, r1):
+            out[0, r] = dot_row(ggml_type, borrowed_row(w, r), xt, xs)
+        return
+    sums = np.empty(4, np.float32)
+    for t0 in range(0, T, 4):
+        n = min(4, T - t0)
+        x0 = borrowed_row(x, t0)
+        x1 = borrowed_row(x, t0 + min(1, n - 1))
+        x2 = borrowed_row(x, t0 + min(2, n - 1))
+        x3 = borrowed_row(x, t0 + min(3, n - 1))
+        for r in range(r0, r1):
+            _dot_tokens4(ggml_type, borrowed_row(w, r), x0, x1, x2, x3, n <= 2, sums)
+            for i in range(n):
+                out[t0 + i, r] = sums[i]

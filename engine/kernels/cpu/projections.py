@@ -17,7 +17,7 @@ from numba import njit, prange
 
 from ..views import ROW_RANGE
 from .dot_f32 import rows_f32
-from .matmul import GEMM_MIN_TOKENS, matmul
+from .matmul import matmul, row_products
 from .matmul_f32 import block_sums
 from .matmul_q8 import int8_pays, no_activations, quantize_rows, rows_q8
 from .ops import gelu_tanh_mul, silu_mul
@@ -51,7 +51,8 @@ def _projections(x, int8, xsum, act, w0, type0, out0, w1, type1, out1, w2, type2
 @njit(cache=True, nogil=True)
 def project(x, int8_activations, w0, type0, out0, w1, type1, out1, w2, type2, out2):
     T = x.shape[0]
-    if T >= GEMM_MIN_TOKENS:
+    int8_activations = int8_activations and (int8_pays(type0) or int8_pays(type1) or int8_pays(type2))
+    if not row_products(T, int8_activations):
         matmul(w0, type0, x, out0, int8_activations)
         if w1.shape[0]:
             matmul(w1, type1, x, out1, int8_activations)
@@ -59,7 +60,6 @@ def project(x, int8_activations, w0, type0, out0, w1, type1, out1, w2, type2, ou
             matmul(w2, type2, x, out2, int8_activations)
         return
     xsum = block_sums(x)
-    int8_activations = int8_activations and (int8_pays(type0) or int8_pays(type1) or int8_pays(type2))
     act = quantize_rows(x) if int8_activations else no_activations(T)
     _projections(x, int8_activations, xsum, act, w0, type0, out0, w1, type1, out1, w2, type2, out2)
 
