@@ -1,6 +1,7 @@
 """Where a decode step's time goes, by component. Prints JSON.
 
     python bench/bench_profile.py [--model NAME] [--seqs 1 16] [--context 256] [--steps 16] [--threads 2] [--fast]
+    python bench/bench_profile.py --verify-rows 1 2 3 4 6 9 [--model NAME] [--fast]
 
 For each batch size, `seqs` sequences of `context` random prompt tokens are prefilled, then decode
 steps run through the serving engine (LLMEngine.step: scheduling, building the batch, the forward,
@@ -13,6 +14,11 @@ milliseconds per step; `share_of_forward` divides each component by the replay's
 exceeds the real forward by the Python dispatch of ~10 calls per layer); `python_share_of_step` is
 (step - forward - sampling) / step: the scheduler, the batch arrays, the detokenizer, events.
 Dense decoders only (the MoE layer has its own bench: bench_moe.py).
+
+--verify-rows: what a speculative verify step of one sequence costs by its rows (the last token
+and rows - 1 drafts): each such step's batch is captured from the engine and replayed, the row
+counts interleaved, the fastest of `--steps` replays kept (this measures what
+speculation.StepCosts learns at run time); `ratio` is over one row.
 """
 from __future__ import annotations
 
@@ -183,6 +189,48 @@ def profile(llm, n_seqs: int, context: int, steps: int) -> dict:
     }
 
 
+def verify_costs(llm, rows_list: list[int], context: int, repeats: int) -> list[dict]:
+    from engine.llm_engine import EngineConfig, LLMEngine
+    from engine.sampling import GREEDY
+    from engine.sequence import RequestOptions, Sequence
+    from engine.speculation import SpeculationParams
+    from engine.stopping import StoppingCriteria
+
+    model, captured, batches = llm.model, {}, {}
+    real_forward, real_propose = model.forward, Sequence.propose_drafts
+
+    def capture(batch, kv_cache):
+        captured["batch"] = (batch, kv_cache)
+        return real_forward(batch, kv_cache)
+
+    model.forward = capture
+    try:
+        for rows in rows_list:
+            engine = LLMEngine(model, llm.tokenizer, EngineConfig(kv_cache_mb=256, weigh_drafts=False))
+            options = RequestOptions(GREEDY, StoppingCriteria(8, ignore_eos=True),
+                                     speculation=SpeculationParams(num_draft_tokens=16))
+            engine.add_request("v", [random.Random(1).randint(100, 20000) for _ in range(context)], options)
+            Sequence.propose_drafts = real_propose
+            while any(seq.num_uncomputed_tokens > 1 for seq in engine.scheduler.sequences.values()):
+                engine.step()
+
+            def forced(seq, n=rows - 1):                   # rows - 1 drafts: the last token repeated
+                seq.draft_ids = [seq.token_ids[-1]] * n
+            Sequence.propose_drafts = forced
+            engine.step()
+            batches[rows] = captured["batch"]
+    finally:
+        del model.forward
+        Sequence.propose_drafts = real_propose
+    best = {rows: float("inf") for rows in rows_list}
+    for _ in range(repeats):
+        for rows in rows_list:
+            best[rows] = min(best[rows], sum(replay(model, *batches[rows]).values()))
+    one = best.get(1)
+    return [{"rows": rows, "step_ms": round(best[rows] * 1e3, 2),
+             "ratio": round(best[rows] / one, 2) if one else None} for rows in rows_list]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="a name from `meshllm models list` (default: the default model)")
@@ -191,6 +239,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--fast", action="store_true", help="int8 activations in decode")
+    ap.add_argument("--verify-rows", type=int, nargs="+", default=None,
+                    help="measure speculative verify steps of these row counts instead (include 1)")
     args = ap.parse_args()
     from engine.runtime import configure
     configure(args.threads)
@@ -201,6 +251,12 @@ def main() -> None:
     if llm.model.config.is_moe:
         raise SystemExit("bench_profile replays dense decoders; bench_moe.py measures the MoE layer")
     llm.warm_up()
+    if args.verify_rows:
+        print(json.dumps({"bench": "verify_rows", "cpu": cpu_name(), "threads": args.threads,
+                          "model": args.model or "default", "mode": "fast" if args.fast else "exact",
+                          "context_tokens": args.context,
+                          "results": verify_costs(llm, args.verify_rows, args.context, args.steps)}, indent=1))
+        return
     print(json.dumps({"bench": "profile", "cpu": cpu_name(), "threads": args.threads,
                       "model": args.model or "default", "mode": "fast" if args.fast else "exact",
                       "results": [profile(llm, n, args.context, args.steps) for n in args.seqs]}, indent=1))

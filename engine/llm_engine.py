@@ -7,7 +7,8 @@
             ...
 
 A step: import prefix blocks from the shared store for the sequences about to be admitted,
-propose prompt-lookup drafts for decoding sequences that asked for them (speculation.py),
+propose prompt-lookup drafts for decoding sequences that asked for them, keeping those that pay
+for their rows on this machine (speculation.py: StepCosts learns what a step of n rows costs),
 schedule (scheduler.py), run the model on the scheduled chunks (model_runner.py), sample the
 sequences that reached their last token (verifying their drafts), publish newly computed full
 blocks to the prefix cache and the store, and free the finished.
@@ -18,6 +19,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 
 from .block_pool import BlockPool
@@ -28,6 +30,7 @@ from .model import DecoderModel
 from .model_runner import ModelRunner
 from .scheduler import Scheduler
 from .sequence import RequestOptions, Sequence, TokenEvent
+from .speculation import StepCosts, plan_drafts
 from .stopping import FinishReason
 from .tokenizer import Tokenizer
 
@@ -47,6 +50,7 @@ class EngineConfig:
     max_num_seqs: int = 64                # sequences running at once
     max_context: int | None = None        # default: the model's context length
     prefault_kv: bool = True              # map the pool's memory at start-up, not inside requests
+    weigh_drafts: bool = True             # keep the drafts worth their rows (speculation.plan_drafts)
 
     def __post_init__(self):
         if self.block_size < 16 or self.block_size % 16:
@@ -104,6 +108,7 @@ class LLMEngine:
         self.scheduler = Scheduler(self.kv, config.max_num_batched_tokens, config.max_num_seqs)
         self.runner = ModelRunner(model, self.kv_cache)
         self.stats = EngineStats()
+        self.step_costs = StepCosts()                # seconds per step by rows, for plan_drafts
         self._arrival = itertools.count()
         self._store = block_store
         self._exporter = _BlockExporter(block_store, self) if block_store is not None else None
@@ -178,6 +183,7 @@ class LLMEngine:
         self.stats.steps += 1
         sequences = self.scheduler.sequences
         chunks = [(sequences[rid], n) for rid, n in sched.chunks]
+        started = time.perf_counter()
         results = self.runner.run(chunks)
         if self.model.config.is_moe and hasattr(self.model, "expert_tokens"):
             self.stats.add_expert_tokens(self.model.expert_tokens)
@@ -191,6 +197,7 @@ class LLMEngine:
         for seq, result in results:
             if isinstance(result, tuple):
                 events = [seq.append_sampled(*result)]
+                seq.score_unverified_draft(events[0].token_id)
             elif seq.draft_ids:
                 accepted_before = seq.num_drafts_accepted
                 self.stats.draft_tokens += len(seq.draft_ids)
@@ -199,11 +206,13 @@ class LLMEngine:
                 self.stats.accepted_draft_tokens += seq.num_drafts_accepted - accepted_before
             else:
                 events = [seq.append_token(result)]
+                seq.score_unverified_draft(events[0].token_id)
             self.stats.generated_tokens += len(events)
             outputs.setdefault(seq.request_id, RequestOutput(seq.request_id)).events.extend(events)
             if events[-1].finish_reason is not None:
                 outputs[seq.request_id].finished = True
                 finished.append(seq)
+        self.step_costs.record(sum(n for _, n in chunks), time.perf_counter() - started)
         for seq, _ in chunks:
             self._publish(seq)
         for seq in finished:
@@ -211,10 +220,17 @@ class LLMEngine:
         return list(outputs.values())
 
     def _propose_drafts(self) -> None:
-        """Prompt-lookup drafts for the running sequences about to decode one token."""
-        for seq in self.scheduler.running:
-            if seq.options.speculation.enabled and seq.num_uncomputed_tokens == 1:
-                seq.propose_drafts()
+        """Prompt-lookup drafts for the running sequences about to decode one token, as many of
+        them as pay for their rows on this machine (speculation.plan_drafts)."""
+        decoding = [seq for seq in self.scheduler.running if seq.num_uncomputed_tokens == 1]
+        speculating = [seq for seq in decoding if seq.options.speculation.enabled]
+        for seq in speculating:
+            seq.propose_drafts()
+        if self.config.weigh_drafts and any(seq.draft_ids for seq in speculating):
+            keep = plan_drafts(len(decoding), [(len(seq.draft_ids), seq.draft_acceptance) for seq in speculating],
+                               self.step_costs.estimate)
+            for seq, n in zip(speculating, keep, strict=True):
+                seq.keep_drafts(n)
 
     def _publish(self, seq: Sequence) -> None:
         for block_id, block_hash, _ in self.kv.publish_computed_blocks(seq):

@@ -73,6 +73,9 @@ class Sequence:
         self.num_drafts_proposed = 0
         self.num_drafts_accepted = 0
         self._draft_length = DraftLength(options.speculation.num_draft_tokens)
+        self._draft_hits = 0                         # draft_acceptance's counts
+        self._draft_misses = 0
+        self._unverified_draft: int | None = None    # the first draft of a step that kept none
         stopping = options.stopping
         self._sampler = Sampler(options.sampling, prompt_ids)
         self._detok = IncrementalDetokenizer(tokenizer, skip_special=options.skip_special_tokens)
@@ -118,6 +121,29 @@ class Sequence:
         self.draft_ids = propose_drafts(np.asarray(self.token_ids, np.int64), limit, spec.min_ngram,
                                         spec.max_ngram) if limit > 0 else []
 
+    @property
+    def draft_acceptance(self) -> float:
+        """How likely this sequence's next draft is accepted, given the ones before it: accepted
+        drafts over accepted drafts and rejections, from its verify steps and from the first draft
+        of each step that kept none (scored against the token decoded instead, at no cost), with
+        a prior of one of each."""
+        return (self._draft_hits + 1) / (self._draft_hits + self._draft_misses + 2)
+
+    def keep_drafts(self, n: int) -> None:
+        """Keep the first n of this step's drafts (speculation.plan_drafts)."""
+        if n == 0 and self.draft_ids:
+            self._unverified_draft = self.draft_ids[0]
+        del self.draft_ids[n:]
+
+    def score_unverified_draft(self, token_id: int | None) -> None:
+        """After a step without drafts: whether the draft it dropped was the token decoded."""
+        if self._unverified_draft is not None and token_id is not None:
+            if token_id == self._unverified_draft:
+                self._draft_hits += 1
+            else:
+                self._draft_misses += 1
+        self._unverified_draft = None
+
     def verify_drafts(self, logits: np.ndarray) -> list[TokenEvent]:
         """Emit tokens from logits (1 + len(draft_ids), vocab), the rows of the last token and of
         each draft: position i is sampled as plain decoding would, and the next position is used
@@ -134,6 +160,8 @@ class Sequence:
         self.num_computed_tokens = min(self.num_computed_tokens + accepted, self.num_tokens - 1)
         self.num_drafts_proposed += len(drafts)
         self.num_drafts_accepted += accepted
+        self._draft_hits += accepted
+        self._draft_misses += accepted < len(drafts) and events[-1].finish_reason is None
         self._draft_length.update(len(drafts), accepted)
         return events
 

@@ -6,7 +6,15 @@ import pytest
 from engine.llm_engine import EngineConfig, LLMEngine
 from engine.sampling import GREEDY, SamplingParams
 from engine.sequence import RequestOptions
-from engine.speculation import DraftLength, SpeculationError, SpeculationParams, propose_drafts
+from engine.speculation import (
+    DraftLength,
+    SpeculationError,
+    SpeculationParams,
+    StepCosts,
+    expected_tokens,
+    plan_drafts,
+    propose_drafts,
+)
 from engine.stopping import FinishReason, StoppingCriteria
 
 SPECULATE = SpeculationParams(num_draft_tokens=8)
@@ -47,6 +55,41 @@ def test_draft_length_backs_off_on_rejection_and_grows_on_acceptance():
     assert length.current == 1
 
 
+def test_expected_tokens_of_a_verify_step():
+    assert expected_tokens(0, 0.9) == 1.0
+    assert expected_tokens(3, 0.5) == pytest.approx(1.875)
+    assert expected_tokens(4, 1.0) == 5.0
+
+
+def test_step_costs_learn_per_row_count_and_fill_the_gaps():
+    costs = StepCosts()
+    assert costs.estimate(1) is None
+    costs.record(1, 0.030)
+    costs.record(9, 0.120)
+    assert costs.estimate(1) == pytest.approx(0.030)
+    assert costs.estimate(5) == pytest.approx(0.075)                # a straight line between two run
+    assert costs.estimate(11) == pytest.approx(0.120 * 1.1)          # above: a little more per row, then tried
+    costs.record(1, 0.070)
+    assert costs.estimate(1) == pytest.approx(0.030 + StepCosts.SMOOTHING * 0.040)
+
+
+def test_drafts_are_kept_where_they_pay_for_their_rows():
+    """The CPU decides: where four rows cost 2x one (an AVX2-only EPYC, 0.5B model) drafts
+    accepted half the time are dropped, drafts accepted 90 % of the time are kept; where rows are
+    nearly free every draft is kept. Unknown costs keep every draft (so they get measured)."""
+    slow = StepCosts()
+    for rows, seconds in {1: 1.0, 2: 1.95, 3: 1.9, 4: 1.97, 5: 2.5, 6: 2.9, 9: 4.2}.items():
+        slow.record(rows, seconds)
+    cheap = lambda rows: 1.0 + 0.05 * (rows - 1)                     # noqa: E731
+    assert plan_drafts(1, [(8, 0.5)], slow.estimate) == [0]
+    assert plan_drafts(1, [(8, 0.9)], slow.estimate) == [3]          # 1+.9+.81+.73 = 3.4 tokens for 1.97
+    assert plan_drafts(1, [(8, 0.8)], cheap) == [8]
+    assert plan_drafts(1, [(8, 0.5)], cheap) == [3]                  # the 4th draft adds less than its row
+    assert plan_drafts(1, [(3, 0.5)], lambda rows: None) == [3]
+    # two sequences: the drafts most likely to be accepted go first
+    assert plan_drafts(2, [(4, 0.95), (4, 0.3)], lambda rows: 1.0 + 0.1 * (rows - 2)) == [4, 0]
+
+
 @pytest.mark.parametrize("kwargs", [{"num_draft_tokens": -1}, {"num_draft_tokens": 17},
                                     {"num_draft_tokens": 4, "min_ngram": 3, "max_ngram": 2},
                                     {"num_draft_tokens": 4, "min_ngram": 0}])
@@ -58,7 +101,10 @@ def test_bad_speculation_parameters_are_refused(kwargs):
 # ---------------------------------------------------------------------------- the engine, real model
 
 def run(llm, prompts, options, **config):
-    engine = LLMEngine(llm.model, llm.tokenizer, EngineConfig(**({"kv_cache_mb": 64} | config)))
+    """Drafts are verified whatever they cost here (weigh_drafts off), unless config says otherwise:
+    these tests are about what verification does."""
+    engine = LLMEngine(llm.model, llm.tokenizer,
+                       EngineConfig(**({"kv_cache_mb": 64, "weigh_drafts": False} | config)))
     for i, ids in enumerate(prompts):
         engine.add_request(f"r{i}", ids, options)
     events = {f"r{i}": [] for i in range(len(prompts))}
@@ -80,20 +126,23 @@ def quoting_prompts(llm):
     return [llm.encode_chat([{"role": "user", "content": f"{PASSAGE}\n\n{ask}"}]) for ask in asks]
 
 
-def test_greedy_output_is_identical_token_for_token(llm, quoting_prompts, hf_reference):
+@pytest.mark.parametrize("weigh_drafts", [False, True], ids=["every_draft", "drafts_weighed"])
+def test_greedy_output_is_identical_token_for_token(llm, quoting_prompts, hf_reference, weigh_drafts):
     """Quoting prompts and the reference prompts, batched together: the same tokens, text and
-    finish reasons with and without drafts, and drafts were really accepted."""
+    finish reasons with and without drafts, and drafts were really accepted. Weighing the drafts
+    against this machine's step costs (the default) keeps fewer of them, never other tokens."""
     prompts = quoting_prompts + [c["prompt_ids"] for c in hf_reference["chat"][:3]]
     options = RequestOptions(GREEDY, StoppingCriteria(64))
     plain, _ = run(llm, prompts, options)
-    fast, engine = run(llm, prompts, with_speculation(options))
+    fast, engine = run(llm, prompts, with_speculation(options), weigh_drafts=weigh_drafts)
     for a, b in zip(plain, fast, strict=True):
         assert [e.token_id for e in b] == [e.token_id for e in a]
         assert "".join(e.text for e in b) == "".join(e.text for e in a)
         assert b[-1].finish_reason == a[-1].finish_reason
         assert [e.index for e in b] == list(range(len(b)))
-    assert engine.stats.accepted_draft_tokens > 64          # the quotes were copied, not generated one by one
-    assert engine.stats.steps < sum(len(e) for e in fast)
+    if not weigh_drafts:
+        assert engine.stats.accepted_draft_tokens > 64      # the quotes were copied, not generated one by one
+        assert engine.stats.steps < sum(len(e) for e in fast)
 
 
 def test_greedy_with_no_repeat_ngram_is_identical_with_drafts(llm, quoting_prompts):
@@ -116,7 +165,7 @@ def test_seeded_sampling_draws_what_plain_decoding_draws(llm, quoting_prompts):
     same = total = 0
     plain_tokens, spec_tokens = [], []
     for speculation in (None, SPECULATE):
-        engine = LLMEngine(llm.model, llm.tokenizer, EngineConfig(kv_cache_mb=128))
+        engine = LLMEngine(llm.model, llm.tokenizer, EngineConfig(kv_cache_mb=128, weigh_drafts=False))
         for seed in seeds:
             options = RequestOptions(SamplingParams(temperature=1.0, seed=seed), StoppingCriteria(24))
             engine.add_request(f"s{seed}", prompts[seed], with_speculation(options, speculation)
