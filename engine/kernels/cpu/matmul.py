@@ -16,8 +16,9 @@ Three paths, chosen by the number of tokens T:
   On a host without AVX-512 (OUTER_PRODUCT_GEMM), from TOKEN_VECTOR_MIN_TOKENS tokens, an outer
   product over vectors of sixteen tokens that keeps six 16-lane accumulators
   (matmul_token_vectors_f32): on an AVX2-only EPYC 1.8-2.2x the 4x4 dot-product tiles at 16
-  tokens, 2.2-2.9x from 32 to 512 (`python bench/bench_gemm.py`). Elsewhere, and below 8 tokens
-  where the 4x4 tiles are faster, matmul_tiles_f32; the outer product has not been measured on an
+  tokens, 2.2-2.9x from 32 to 512 (`python bench/bench_gemm.py`). Elsewhere, and below 10 tokens
+  (where its vectors of sixteen are mostly empty: 8 sequences of the 0.5B model 134 ms a step
+  against 110 on the tiles), matmul_tiles_f32; the outer product has not been measured on an
   AVX-512 host yet, so those keep the tiles their numbers were measured with.
 """
 from numba import njit
@@ -28,7 +29,7 @@ from .matmul_q8 import int8_pays, matmul_q8, quantize_rows
 
 INT8_ROW_TOKENS = 3                              # quantize_rows is serial: decode-sized steps
 F32_ROW_TOKENS = 4                               # four tokens share a decoded block (dot_f32.rows_f32)
-TOKEN_VECTOR_MIN_TOKENS = 8
+TOKEN_VECTOR_MIN_TOKENS = 10
 OUTER_PRODUCT_GEMM = not HAS_AVX512F
 
 
