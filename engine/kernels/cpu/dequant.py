@@ -116,6 +116,14 @@ def _scaled(d, q, m):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _k_scale_offset(row, o, j):
+    """Q4_K/Q5_K sub-block j of the super-block at byte o: (d * scale, dmin * min)."""
+    d, dmin = load_f16_pair(row, o)
+    sc, m = q4_k_scale_min(row, o, j)
+    return d * _f32(sc), dmin * _f32(m)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def block_weights(ggml_type, row, b):
     """Weights 32b .. 32b+31 of a row, dequantized: (lo, hi) f32x16, lanes 0-15 and 16-31.
 
@@ -126,10 +134,7 @@ def block_weights(ggml_type, row, b):
     if ggml_type == Q4_K:
         sb, j = divmod(b, 8)
         o = sb * 144
-        d, dmin = load_f16_pair(row, o)
-        sc, m = q4_k_scale_min(row, o, j)
-        scale = d * _f32(sc)
-        offset = dmin * _f32(m)
+        scale, offset = _k_scale_offset(row, o, j)
         qa = load_u8x16(row, o + 16 + (j // 2) * 32)
         qb = load_u8x16(row, o + 32 + (j // 2) * 32)
         if j % 2:
@@ -170,10 +175,7 @@ def block_weights(ggml_type, row, b):
     if ggml_type == Q5_K:
         sb, j = divmod(b, 8)
         o = sb * 176
-        d, dmin = load_f16_pair(row, o)
-        sc, m = q4_k_scale_min(row, o, j)
-        scale = d * _f32(sc)
-        offset = dmin * _f32(m)
+        scale, offset = _k_scale_offset(row, o, j)
         return _scaled(scale, q5_k_lanes(row, o, j, 0), offset), _scaled(scale, q5_k_lanes(row, o, j, 1), offset)
     if ggml_type == Q3_K:
         sb, i = divmod(b, 8)
