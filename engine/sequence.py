@@ -118,6 +118,7 @@ class Sequence:
         room = min(self.options.stopping.max_new_tokens - self.num_output_tokens,
                    self.max_context - self.num_tokens) - 1
         limit = min(self._draft_length.current, room)
+        self._unverified_draft = None
         self.draft_ids = propose_drafts(np.asarray(self.token_ids, np.int64), limit, spec.min_ngram,
                                         spec.max_ngram) if limit > 0 else []
 
@@ -161,7 +162,8 @@ class Sequence:
         self.num_drafts_proposed += len(drafts)
         self.num_drafts_accepted += accepted
         self._draft_hits += accepted
-        self._draft_misses += accepted < len(drafts) and events[-1].finish_reason is None
+        if accepted < len(drafts) and events[-1].finish_reason is None:
+            self._draft_misses += 1
         self._draft_length.update(len(drafts), accepted)
         return events
 

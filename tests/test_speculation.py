@@ -155,6 +155,22 @@ def test_greedy_with_no_repeat_ngram_is_identical_with_drafts(llm, quoting_promp
     assert engine.stats.accepted_draft_tokens > 32
 
 
+def test_drafts_too_dear_to_verify_still_teach_their_acceptance(llm, quoting_prompts):
+    """On a machine where extra rows cost as much as whole steps no draft is verified, yet each
+    sequence scores the drafts it dropped against the tokens it decoded: a copying answer learns
+    that its drafts would be accepted (and gets them once rows are cheap)."""
+    engine = LLMEngine(llm.model, llm.tokenizer, EngineConfig(kv_cache_mb=64))
+    engine.step_costs.record(1, 0.01)
+    for rows in range(2, 18):
+        engine.step_costs.record(rows, 10.0 * rows)                # no draft can pay for its row
+    options = with_speculation(RequestOptions(GREEDY, StoppingCriteria(48)))
+    seq = engine.add_request("quote", quoting_prompts[0], options)
+    while engine.has_work():
+        engine.step()
+    assert engine.stats.draft_tokens == 0
+    assert seq.draft_acceptance > 0.7
+
+
 def test_seeded_sampling_draws_what_plain_decoding_draws(llm, quoting_prompts):
     """Each position is sampled with the plain decoder's random stream and kept while it equals the
     draft, so a seed gives the same tokens (coupled speculative sampling: same distribution). Rows
