@@ -227,7 +227,7 @@ class LLMEngine:
         for seq in speculating:
             seq.propose_drafts()
         if self.config.weigh_drafts and any(seq.draft_ids for seq in speculating):
-            keep = plan_drafts(len(decoding), [(len(seq.draft_ids), seq.draft_acceptance) for seq in speculating],
+            keep = plan_drafts(len(decoding), [seq.draft_acceptance(len(seq.draft_ids)) for seq in speculating],
                                self.step_costs.estimate)
             for seq, n in zip(speculating, keep, strict=True):
                 seq.keep_drafts(n)

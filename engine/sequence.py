@@ -15,7 +15,7 @@ import numpy as np
 from .constraints import ConstrainedDecoder, OutputConstraint
 from .detokenizer import IncrementalDetokenizer
 from .sampling import Sampler, SamplingParams, logprobs_of
-from .speculation import NO_SPECULATION, DraftLength, SpeculationParams, propose_drafts
+from .speculation import MAX_DRAFT_TOKENS, NO_SPECULATION, DraftLength, SpeculationParams, propose_drafts
 from .stopping import FinishReason, StoppingCriteria, StopSequenceMatcher
 from .tokenizer import Tokenizer
 
@@ -73,8 +73,8 @@ class Sequence:
         self.num_drafts_proposed = 0
         self.num_drafts_accepted = 0
         self._draft_length = DraftLength(options.speculation.num_draft_tokens)
-        self._draft_hits = 0                         # draft_acceptance's counts
-        self._draft_misses = 0
+        self._draft_tries = [0] * MAX_DRAFT_TOKENS    # per draft position: verified (its drafts before accepted)
+        self._draft_hits = [0] * MAX_DRAFT_TOKENS     # ... and accepted
         self._unverified_draft: int | None = None    # the first draft of a step that kept none
         stopping = options.stopping
         self._sampler = Sampler(options.sampling, prompt_ids)
@@ -122,13 +122,17 @@ class Sequence:
         self.draft_ids = propose_drafts(np.asarray(self.token_ids, np.int64), limit, spec.min_ngram,
                                         spec.max_ngram) if limit > 0 else []
 
-    @property
-    def draft_acceptance(self) -> float:
-        """How likely this sequence's next draft is accepted, given the ones before it: accepted
-        drafts over accepted drafts and rejections, from its verify steps and from the first draft
-        of each step that kept none (scored against the token decoded instead, at no cost), with
-        a prior of one of each."""
-        return (self._draft_hits + 1) / (self._draft_hits + self._draft_misses + 2)
+    def draft_acceptance(self, n: int) -> list[float]:
+        """How likely this sequence's drafts 1..n are accepted, each given the ones before it, from
+        its verify steps and from the first draft of each step that kept none (scored against the
+        token decoded instead, at no cost). By position: a draft deep in an accepted run (a quote)
+        is likelier to be accepted than the first. Each position's estimate starts from the one
+        before it (weight 2; the first from 1/2) and moves with its own counts."""
+        estimates, prior = [], 0.5
+        for i in range(n):
+            prior = (self._draft_hits[i] + 2 * prior) / (self._draft_tries[i] + 2)
+            estimates.append(prior)
+        return estimates
 
     def keep_drafts(self, n: int) -> None:
         """Keep the first n of this step's drafts (speculation.plan_drafts)."""
@@ -139,10 +143,8 @@ class Sequence:
     def score_unverified_draft(self, token_id: int | None) -> None:
         """After a step without drafts: whether the draft it dropped was the token decoded."""
         if self._unverified_draft is not None and token_id is not None:
-            if token_id == self._unverified_draft:
-                self._draft_hits += 1
-            else:
-                self._draft_misses += 1
+            self._draft_tries[0] += 1
+            self._draft_hits[0] += int(token_id == self._unverified_draft)
         self._unverified_draft = None
 
     def verify_drafts(self, logits: np.ndarray) -> list[TokenEvent]:
@@ -161,9 +163,11 @@ class Sequence:
         self.num_computed_tokens = min(self.num_computed_tokens + accepted, self.num_tokens - 1)
         self.num_drafts_proposed += len(drafts)
         self.num_drafts_accepted += accepted
-        self._draft_hits += accepted
+        for i in range(accepted):
+            self._draft_tries[i] += 1
+            self._draft_hits[i] += 1
         if accepted < len(drafts) and events[-1].finish_reason is None:
-            self._draft_misses += 1
+            self._draft_tries[accepted] += 1                 # the rejected one
         self._draft_length.update(len(drafts), accepted)
         return events
 

@@ -133,25 +133,30 @@ def expected_tokens(drafts: int, acceptance: float) -> float:
     return sum(acceptance ** i for i in range(drafts + 1))
 
 
-def plan_drafts(base_rows: int, offers: list[tuple[int, float]], cost) -> list[int]:
+def plan_drafts(base_rows: int, offers: list[list[float]], cost) -> list[int]:
     """How many of its drafts each sequence keeps this step, for the most expected tokens per second.
 
     base_rows: rows the step has without drafts (one per decoding sequence); offers: per speculating
-    sequence, (drafts found, acceptance probability); cost(rows) -> seconds or None (unknown: every
-    draft is kept, which measures it). The j-th draft of a sequence adds p^j expected tokens, less
-    for each further one, so the best e drafts in all are the e largest such gains; every e is
-    weighed against cost(base_rows + e)."""
-    gains = sorted(((p ** j, i) for i, (n, p) in enumerate(offers) for j in range(1, n + 1)),
-                   key=lambda g: -g[0])
+    sequence, the acceptance probability of each of its drafts given the ones before it;
+    cost(rows) -> seconds or None (unknown: every draft is kept, which measures it). The j-th
+    draft of a sequence adds p_1 ... p_j expected tokens, less for each further one, so the best e
+    drafts in all are the e largest such gains; every e is weighed against cost(base_rows + e)."""
+    gains = []
+    for i, probabilities in enumerate(offers):
+        reach = 1.0
+        for p in probabilities:
+            reach *= p
+            gains.append((reach, i))
+    gains.sort(key=lambda g: -g[0])                   # stable: a sequence's drafts stay in order
     base = cost(base_rows)
     if base is None:
-        return [n for n, _ in offers]
+        return [len(p) for p in offers]
     best, best_rate, tokens = 0, base_rows / base, float(base_rows)
     for e, (gain, _) in enumerate(gains, start=1):
         tokens += gain
         seconds = cost(base_rows + e)
         if seconds is None:
-            return [n for n, _ in offers]
+            return [len(p) for p in offers]
         if tokens / seconds > best_rate:
             best, best_rate = e, tokens / seconds
     keep = [0] * len(offers)
