@@ -54,15 +54,19 @@ def _check_array(arr):
 
 # --------------------------------------------------------------------------- byte vectors
 
-@intrinsic
-def load_u8x32(typingctx, arr, idx):
-    """32 bytes at element idx."""
-    _check_array(arr)
+def _vector_load_typer(vector_type, llvm_type, align):
+    """A load of one vector at element idx of a 1-D array (bytes, int32 or float32)."""
+    def typer(typingctx, arr, idx):
+        _check_array(arr)
 
-    def codegen(context, builder, sig, args):
-        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1], _VB)
-        return builder.load(ptr, align=1)
-    return u8x32(arr, idx), codegen
+        def codegen(context, builder, sig, args):
+            ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1], llvm_type)
+            return builder.load(ptr, align=align)
+        return vector_type(arr, idx), codegen
+    return typer
+
+
+load_u8x32 = intrinsic(_vector_load_typer(u8x32, _VB, 1))     # 32 bytes at element idx
 
 
 @intrinsic
@@ -173,20 +177,8 @@ def dpbusd(typingctx, acc, a, b):
     return i32x8(i32x8, u8x32, u8x32), codegen
 
 
-def _lane_load_typer(vector_type, llvm_type):
-    """A load of 8 four-byte lanes at element idx of a 1-D int32 or float32 array."""
-    def typer(typingctx, arr, idx):
-        _check_array(arr)
-
-        def codegen(context, builder, sig, args):
-            ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1], llvm_type)
-            return builder.load(ptr, align=4)
-        return vector_type(arr, idx), codegen
-    return typer
-
-
-load_i32x8 = intrinsic(_lane_load_typer(i32x8, _VI))     # 8 int32 at element idx
-load_f32x8 = intrinsic(_lane_load_typer(f32x8, _VF))     # 8 float32 at element idx
+load_i32x8 = intrinsic(_vector_load_typer(i32x8, _VI, 4))     # 8 int32 at element idx
+load_f32x8 = intrinsic(_vector_load_typer(f32x8, _VF, 4))     # 8 float32 at element idx
 
 
 @intrinsic

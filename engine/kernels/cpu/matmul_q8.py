@@ -78,8 +78,8 @@ _f32 = np.float32
 
 @njit(cache=True, nogil=True)
 def quantize_rows(x):
-    """x (T, K) f32 -> the activations of the int8 products, a tuple (Serial: decode-sized steps
-    only, T < 4; a thread wake-up would cost more than the work):
+    """x (T, K) f32 -> the activations of the int8 products, a tuple (serial: decode-sized steps
+    only, T <= matmul.INT8_ROW_TOKENS; a thread wake-up would cost more than the work):
         qx (T, K) i8        round(x / dx) per 16 values
         dx (T, K/16) f32    their scales, max|x| / 127
         xqsum16 (T, K/16)   the sum of each 16 dequantized values, dx * sum(qx)
