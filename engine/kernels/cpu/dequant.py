@@ -22,25 +22,19 @@ from ..simd import (
     load_f16x16,
     load_i8x16,
     load_u8x16,
+    q4_k_mins,
+    q4_k_scales,
     vadd,
+    vlane,
     vload,
     vmul,
     vsplat,
     vstore,
     vsub,
+    vzero,
 )
 
 _f32 = np.float32
-
-
-@njit(cache=True, nogil=True, inline="always")
-def q4_k_scale_min(row, o, j):
-    """6-bit (scale, min) of sub-block j of the Q4_K super-block at byte o."""
-    s = o + 4
-    if j < 4:
-        return row[s + j] & 63, row[s + j + 4] & 63
-    return ((row[s + j + 4] & 0x0F) | ((row[s + j - 4] >> 6) << 4),
-            (row[s + j + 4] >> 4) | ((row[s + j] >> 6) << 4))
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -105,22 +99,78 @@ def q3_k_scale(row, o, j):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def signed_byte(byte):
-    return np.int32(byte) - 256 if byte > 127 else np.int32(byte)
-
-
-@njit(cache=True, nogil=True, inline="always")
 def _scaled(d, q, m):
     """d * q - m for one 16-lane group: d, m float32 scalars, q int lanes."""
     return vsub(vmul(vsplat(d), itof(q)), vsplat(m))
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _k_scale_offset(row, o, j):
-    """Q4_K/Q5_K sub-block j of the super-block at byte o: (d * scale, dmin * min)."""
+def has_superblock_scales(ggml_type):
+    """Q4_K, Q5_K, Q6_K: the scales of a 256-weight super-block decode as vectors, once for its
+    eight 32-weight blocks (superblock_scales, then superblock_block_weights)."""
+    return ggml_type == Q4_K or ggml_type == Q5_K or ggml_type == Q6_K
+
+
+@njit(cache=True, nogil=True, inline="always")
+def superblock_scales(ggml_type, row, sb):
+    """(scales, offsets) f32x16 of super-block sb of a Q4_K/Q5_K/Q6_K row.
+    Q4_K, Q5_K: lane j (0..7) of scales is d * scale_j, of offsets dmin * min_j (sub-block j).
+    Q6_K: lane g (0..15) of scales is d * scale_g (16-weight group g); offsets are zero."""
+    if ggml_type == Q6_K:
+        o = sb * 210
+        return vmul(itof(load_i8x16(row, o + 192)), vsplat(load_f16_tail(row, o + 208))), vzero()
+    o = sb * (144 if ggml_type == Q4_K else 176)
     d, dmin = load_f16_pair(row, o)
-    sc, m = q4_k_scale_min(row, o, j)
-    return d * _f32(sc), dmin * _f32(m)
+    return vmul(itof(q4_k_scales(row, o)), vsplat(d)), vmul(itof(q4_k_mins(row, o)), vsplat(dmin))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def superblock_block_weights(ggml_type, row, sb, j, first, second):
+    """Weights 32j .. 32j+31 of super-block sb of a Q4_K/Q5_K/Q6_K row: (lo, hi) f32x16, given
+    the block's two scalars of superblock_scales (block_scale_pair): Q4_K/Q5_K its scale and
+    offset, Q6_K the scales of its two 16-weight groups."""
+    if ggml_type == Q6_K:
+        o = sb * 210
+        half, group = divmod(j, 4)              # weights half*128 + 32*group + 16*chunk ..
+        return (vmul(vsplat(first), itof(q6_k_group(row, o, half, 0, group))),
+                vmul(vsplat(second), itof(q6_k_group(row, o, half, 1, group))))
+    if ggml_type == Q5_K:
+        o = sb * 176
+        return _scaled(first, q5_k_lanes(row, o, j, 0), second), _scaled(first, q5_k_lanes(row, o, j, 1), second)
+    o = sb * 144
+    qa = load_u8x16(row, o + 16 + (j // 2) * 32)
+    qb = load_u8x16(row, o + 32 + (j // 2) * 32)
+    if j % 2:
+        return _scaled(first, ishr(qa, 4), second), _scaled(first, ishr(qb, 4), second)
+    return _scaled(first, iand(qa, 15), second), _scaled(first, iand(qb, 15), second)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def block_scale_pair(ggml_type, scales, offsets, j):
+    """The two scalars superblock_block_weights takes for block j, from superblock_scales' vectors
+    (j a loop index LLVM unrolls, so each is a register lane). Q6_K's block j is groups 2j, 2j+1."""
+    if ggml_type == Q6_K:
+        return vlane(scales, 2 * j), vlane(scales, 2 * j + 1)
+    return vlane(scales, j), vlane(offsets, j)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def store_superblock_scales(ggml_type, row, sb, scratch):
+    """superblock_scales into scratch (32,) f32: scales at 0..15, offsets at 16..31, for loops
+    whose registers are taken (four tokens' sums): read back by stored_scale_pair, each pair is
+    two broadcasts from memory. In registers they spilled: four tokens of a Q4_K row cost 20 %
+    more than with them stored (AVX2 EPYC)."""
+    scales, offsets = superblock_scales(ggml_type, row, sb)
+    vstore(scratch, 0, scales)
+    vstore(scratch, 16, offsets)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def stored_scale_pair(ggml_type, scratch, j):
+    """block_scale_pair from store_superblock_scales' scratch."""
+    if ggml_type == Q6_K:
+        return scratch[2 * j], scratch[2 * j + 1]
+    return scratch[j], scratch[16 + j]
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -129,27 +179,13 @@ def block_weights(ggml_type, row, b):
 
     The one definition of every type's weights in float32 (dequantize_row, and the multi-token row
     products of dot_f32). A K-quant block is one 32-weight sub-block of its 256-weight super-block;
-    its scales are decoded per block (a few scalar operations, shared by every token the weights
-    are used for)."""
-    if ggml_type == Q4_K:
+    a loop over a whole row decodes Q4_K/Q5_K/Q6_K scales once per super-block instead
+    (superblock_scales: the same products, so the same bits)."""
+    if has_superblock_scales(ggml_type):
         sb, j = divmod(b, 8)
-        o = sb * 144
-        scale, offset = _k_scale_offset(row, o, j)
-        qa = load_u8x16(row, o + 16 + (j // 2) * 32)
-        qb = load_u8x16(row, o + 32 + (j // 2) * 32)
-        if j % 2:
-            return _scaled(scale, ishr(qa, 4), offset), _scaled(scale, ishr(qb, 4), offset)
-        return _scaled(scale, iand(qa, 15), offset), _scaled(scale, iand(qb, 15), offset)
-    if ggml_type == Q6_K:
-        sb, j = divmod(b, 8)
-        o = sb * 210
-        half, group = divmod(j, 4)              # weights half*128 + 32*group + 16*chunk ..
-        d = load_f16_tail(row, o + 208)
-        g = o + 192 + 8 * half + 2 * group      # the scales of chunks 0 and 1
-        lo = q6_k_group(row, o, half, 0, group)
-        hi = q6_k_group(row, o, half, 1, group)
-        return (vmul(vsplat(d * _f32(signed_byte(row[g]))), itof(lo)),
-                vmul(vsplat(d * _f32(signed_byte(row[g + 1]))), itof(hi)))
+        scales, offsets = superblock_scales(ggml_type, row, sb)
+        first, second = block_scale_pair(ggml_type, scales, offsets, j)
+        return superblock_block_weights(ggml_type, row, sb, j, first, second)
     if ggml_type == Q5_0 or ggml_type == Q5_1:
         size = 24 if ggml_type == Q5_1 else 22
         o = b * size
@@ -172,11 +208,6 @@ def block_weights(ggml_type, row, b):
             m = vsplat(load_f16(row, o + 2))
             return vadd(vmul(d, itof(iand(q, 15))), m), vadd(vmul(d, itof(ishr(q, 4))), m)
         return vmul(d, itof(isub(iand(q, 15), 8))), vmul(d, itof(isub(ishr(q, 4), 8)))
-    if ggml_type == Q5_K:
-        sb, j = divmod(b, 8)
-        o = sb * 176
-        scale, offset = _k_scale_offset(row, o, j)
-        return _scaled(scale, q5_k_lanes(row, o, j, 0), offset), _scaled(scale, q5_k_lanes(row, o, j, 1), offset)
     if ggml_type == Q3_K:
         sb, i = divmod(b, 8)
         o = sb * 110
@@ -201,6 +232,15 @@ def block_weights(ggml_type, row, b):
 @njit(cache=True, nogil=True)
 def dequantize_row(ggml_type, row, out):
     """row (row_bytes,) u8 -> out (K,) f32."""
+    if has_superblock_scales(ggml_type):
+        for sb in range(out.shape[0] // 256):
+            scales, offsets = superblock_scales(ggml_type, row, sb)
+            for j in range(8):
+                first, second = block_scale_pair(ggml_type, scales, offsets, j)
+                lo, hi = superblock_block_weights(ggml_type, row, sb, j, first, second)
+                vstore(out, 256 * sb + 32 * j, lo)
+                vstore(out, 256 * sb + 32 * j + 16, hi)
+        return
     for b in range(out.shape[0] // 32):
         lo, hi = block_weights(ggml_type, row, b)
         vstore(out, 32 * b, lo)
