@@ -229,8 +229,9 @@ def block_weights(ggml_type, row, b):
     return vload(row, 128 * b), vload(row, 128 * b + 64)
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _dequantize_row_of(ggml_type, row, out):
+@njit(cache=True, nogil=True)
+def dequantize_row(ggml_type, row, out):
+    """row (row_bytes,) u8 -> out (K,) f32."""
     if has_superblock_scales(ggml_type):
         for sb in range(out.shape[0] // 256):
             scales, offsets = superblock_scales(ggml_type, row, sb)
@@ -244,23 +245,3 @@ def _dequantize_row_of(ggml_type, row, out):
         lo, hi = block_weights(ggml_type, row, b)
         vstore(out, 32 * b, lo)
         vstore(out, 32 * b + 16, hi)
-
-
-@njit(cache=True, nogil=True)
-def dequantize_row(ggml_type, row, out):
-    """row (row_bytes,) u8 -> out (K,) f32. Each branch passes its type as a constant, so the
-    inlined loop has no type test per block (as dot_f32.rows_f32)."""
-    if ggml_type == Q4_K:
-        _dequantize_row_of(Q4_K, row, out)
-    elif ggml_type == Q6_K:
-        _dequantize_row_of(Q6_K, row, out)
-    elif ggml_type == Q5_0:
-        _dequantize_row_of(Q5_0, row, out)
-    elif ggml_type == Q8_0:
-        _dequantize_row_of(Q8_0, row, out)
-    elif ggml_type == Q4_1:
-        _dequantize_row_of(Q4_1, row, out)
-    elif ggml_type == Q4_0:
-        _dequantize_row_of(Q4_0, row, out)
-    else:
-        _dequantize_row_of(ggml_type, row, out)
