@@ -387,19 +387,13 @@ def rows_f32(ggml_type, w, r0, r1, x, xsum, out):
         for r in range(r0, r1):
             out[0, r] = dot_row(ggml_type, borrowed_row(w, r), xt, xs)
         return
-    # each branch passes its type as a constant: inlined, block_weights' type tests fold out of the
-    # block loop (tested per block, they cost a 2-token Q5_0 row a third more: 2.6 -> 1.9 ms)
-    if ggml_type == Q4_K:
-        _rows_tokens4(Q4_K, w, r0, r1, x, out)
-    elif ggml_type == Q6_K:
-        _rows_tokens4(Q6_K, w, r0, r1, x, out)
-    elif ggml_type == Q5_0:
+    # Q5_0 and Q8_0 (most of the default model) pass their type as a constant: inlined, LLVM folds
+    # block_weights' type tests out of the block loop (tested per block, they cost a 2-token row
+    # 1.3x (Q5_0) to 2x (Q8_0)). Only these two: numba still types and lowers every type's code in
+    # each copy, and six copies here (and six in dequantize_row) took a cold start from 180 to 359 s.
+    if ggml_type == Q5_0:
         _rows_tokens4(Q5_0, w, r0, r1, x, out)
     elif ggml_type == Q8_0:
         _rows_tokens4(Q8_0, w, r0, r1, x, out)
-    elif ggml_type == Q4_1:
-        _rows_tokens4(Q4_1, w, r0, r1, x, out)
-    elif ggml_type == Q4_0:
-        _rows_tokens4(Q4_0, w, r0, r1, x, out)
     else:
         _rows_tokens4(ggml_type, w, r0, r1, x, out)
