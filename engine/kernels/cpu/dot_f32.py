@@ -329,7 +329,8 @@ def _fma_tokens4(k, lo, hi, x0, x1, x2, x3, pair, a0, a1, a2, a3):
 def _dot_tokens4(ggml_type, row, x0, x1, x2, x3, pair, sums, scratch):
     """sums[0:4] = row . x0, .. row . x3, the row decoded once per 32-weight block for the four
     tokens (dequant.block_weights; Q4_K/Q5_K/Q6_K scales once per super-block, where decoding them
-    per block cost a Q4_K row 10-20 % more at 2-4 tokens); with `pair`, x0 and x1 only (sums 2 and 3 are left zero).
+    per block cost a Q4_K row 10-20 % more at 2-4 tokens); with `pair`, x0 and x1 only (sums 2
+    and 3 are left zero).
     Each sum is matmul_f32's tile arithmetic (one fma chain over k, then store_hsum4's tree), so a
     token gets the same bits here as on the tiles."""
     a0 = vzero()
@@ -377,9 +378,9 @@ def rows_f32(ggml_type, w, r0, r1, x, xsum, out):
     type (a literal type each) compiled for minutes longer at start.
 
     One token: dot_row, the row decoded in registers and dotted in one pass. Several (small
-    batches, speculative verification): four tokens per decoded block (_dot_tokens4; a group of
-    fewer repeats its last token), where decoding the row again per token cost a 3-token step
-    2.5-3x one token on an AVX2-only EPYC."""
+    batches, speculative verification): four tokens per decoded block (_rows_tokens4), where
+    decoding the row again per token cost a 3-token step 2.5-3x one token on an AVX2-only EPYC;
+    Q5_0 and Q8_0 in a copy of that loop of their own (below)."""
     T = x.shape[0]
     if T == 1:
         xt = borrowed_row(x, 0)
