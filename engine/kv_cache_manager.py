@@ -50,14 +50,18 @@ class KVCacheManager:
             hits.append(block_id)
         return hits
 
-    def _blocks_for(self, num_tokens: int) -> int:
+    def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
+
+    def admission_blocks(self, seq: Sequence, hits: list[int], num_new_tokens: int) -> int:
+        """Free blocks that admitting seq with its cached prefix `hits` plus num_new_tokens more
+        tokens takes: its new blocks, and the prefix's blocks it revives from the free list."""
+        reviving = sum(1 for b in hits if self.pool.blocks[b].ref_count == 0)
+        return self.blocks_for(len(hits) * self.block_size + num_new_tokens) - len(hits) + reviving
 
     def can_admit(self, seq: Sequence, hits: list[int], num_new_tokens: int) -> bool:
         """Room for seq with its cached prefix `hits` plus num_new_tokens more tokens."""
-        reviving = sum(1 for b in hits if self.pool.blocks[b].ref_count == 0)
-        new_blocks = self._blocks_for(len(hits) * self.block_size + num_new_tokens) - len(hits)
-        return new_blocks <= self.pool.num_free_blocks - reviving
+        return self.admission_blocks(seq, hits, num_new_tokens) <= self.pool.num_free_blocks
 
     def admit(self, seq: Sequence, hits: list[int]) -> None:
         """Give seq its cached prefix: those tokens count as computed."""
@@ -73,7 +77,7 @@ class KVCacheManager:
 
     def allocate_slots(self, seq: Sequence, num_new_tokens: int) -> bool:
         """Blocks for seq's next num_new_tokens tokens; False (nothing allocated) if the pool is short."""
-        needed = self._blocks_for(seq.num_computed_tokens + num_new_tokens) - len(seq.block_table)
+        needed = self.blocks_for(seq.num_computed_tokens + num_new_tokens) - len(seq.block_table)
         if needed > self.pool.num_free_blocks:
             return False
         if needed > 0:

@@ -171,6 +171,31 @@ class LLMEngine:
     def num_waiting(self) -> int:
         return len(self.scheduler.waiting)
 
+    def intake_room(self) -> tuple[int, int]:
+        """(tokens, blocks) the next step has left for sequences not yet added: its token budget
+        less what the held sequences still need (a running one's uncomputed tokens, a waiting one's
+        uncached ones), and the pool's free blocks less what they will take. A worker takes more
+        jobs only while both are positive."""
+        tokens, blocks = self.config.max_num_batched_tokens, self.pool.num_free_blocks
+        for seq in self.scheduler.running:
+            tokens -= seq.num_uncomputed_tokens
+            blocks -= max(0, self.kv.blocks_for(seq.num_tokens) - len(seq.block_table))
+        for seq in list(self.scheduler.waiting):
+            need_tokens, need_blocks = self.admission_cost(seq.request_id)
+            tokens -= need_tokens
+            blocks -= need_blocks
+        return tokens, blocks
+
+    def admission_cost(self, request_id: str) -> tuple[int, int]:
+        """(tokens to compute, free blocks to take) to admit a waiting request, once its prefix
+        has been looked up in the shared store (imported blocks are cached, as at the next step)."""
+        if self._store is not None:
+            self._import_remote_prefixes()
+        seq = self.scheduler.sequences[request_id]
+        hits = self.kv.cached_prefix(seq)
+        uncached = seq.num_tokens - len(hits) * self.kv.block_size
+        return uncached, self.kv.admission_blocks(seq, hits, uncached)
+
     # ------------------------------------------------------------------ the step
 
     def step(self) -> list[RequestOutput]:

@@ -179,3 +179,47 @@ def test_a_worker_busy_in_one_long_step_keeps_its_job(queue, spawn_worker, llm):
     written = raw_events(queue, job)
     assert [e.index for e in written] == list(range(len(written))) and len(events) == 4
     assert queue.outstanding() == 0
+
+
+def test_a_worker_takes_shared_jobs_only_while_its_next_step_has_budget_for_them(
+        queue, redis_server, key_prefix, llm):
+    """Jobs a worker could only queue stay in the shared stream, where another worker with room can
+    start them at once (an in-process worker on the real Redis, a 32-token step budget)."""
+    from services.common.config import RedisConfig, WorkerConfig
+    from services.worker.worker import Worker
+    options = RequestOptions(GREEDY, StoppingCriteria(8, ignore_eos=True))
+    worker = Worker(llm, RedisConfig(redis_server.url, key_prefix), queue.config,
+                    WorkerConfig(kv_cache_mb=64, max_num_seqs=8, max_num_batched_tokens=32, share_kv=False))
+    prompts = [llm.encode(f"Town {k} traded grain, salt and cloth with the harbor. " * 3) for k in range(4)]
+    assert min(map(len, prompts)) > 32                   # no prefix in common, each longer than a step
+    try:
+        worker._connect()
+        jobs = [submit(queue, prompt, options) for prompt in prompts]
+        worker.run_once()              # idle: takes the first; the step prefills 32 of its tokens
+        assert list(worker.jobs) == jobs[:1]
+        worker.run_once()              # the rest of its prompt leaves room: one more, whose prompt fills it
+        assert list(worker.jobs) == jobs[:2]
+        queue.ensure_group("other")
+        taken = queue.read_shared("other", 8)             # another worker finds the other two
+        assert [spec.job_id for _, spec in taken] == jobs[2:]
+    finally:
+        worker.engine.close()
+
+
+def test_a_read_returns_every_entry_it_takes_routed_ones_first(queue):
+    """read_new takes the worker's routed jobs first, then the shared stream's for the rest of
+    `count`; an entry it reads is never dropped (it would wait out claim_idle_ms unstarted)."""
+    from services.common.jobs import Route
+    keys = queue.keys
+    queue.ensure_group("w")
+    queue.redis.hset(keys.worker("w"), mapping={"running": 0})      # alive: routing to it is allowed
+    routed = [queue.submit(JobSpec(uuid.uuid4().hex, [1, 2]), Route("w")) for _ in range(3)]
+    shared = [queue.submit(JobSpec(uuid.uuid4().hex, [1, 2])) for _ in range(3)]
+    assert {e.stream for e in routed} == {keys.route("w")} and {e.stream for e in shared} == {keys.jobs}
+    first = queue.read_new("w", 4, 0)
+    assert [e.entry_id for e, _ in first] == [e.entry_id for e in routed] + [shared[0].entry_id]
+    pending = queue.redis.xpending(keys.jobs, "workers")["pending"] + \
+        queue.redis.xpending(keys.route("w"), "workers")["pending"]
+    assert pending == 4                                   # exactly what it returned
+    rest = queue.read_new("w", 10, 0)
+    assert [e.entry_id for e, _ in rest] == [e.entry_id for e in shared[1:]]

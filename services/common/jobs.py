@@ -386,18 +386,37 @@ end
 return 1""", 4, self.keys.route(worker_id), self.keys.routes, self.keys.worker(worker_id),
                         self.keys.worker_blocks(worker_id), worker_id)
 
-    def read_new(self, consumer: str, count: int, block_ms: int) -> list[tuple[JobEntry, JobSpec | None]]:
-        """Up to `count` new jobs: this worker's routed ones first, then dead workers' routed ones,
-        then the shared stream's."""
-        if count <= 0:
-            if block_ms:
-                time.sleep(block_ms / 1000)
-            return []
-        streams = {self.keys.route(consumer): ">", **{s: ">" for s in self.orphaned}, self.keys.jobs: ">"}
-        reply = self.redis.xreadgroup(WORKER_GROUP, consumer, streams, count=count, block=block_ms or None)
-        found = [(JobEntry(_text(stream), entry_id.decode()), self._spec(raw))
-                 for stream, entries in reply or [] for entry_id, raw in entries]
-        return found[:count]
+    def read_routed(self, consumer: str, count: int) -> list[tuple[JobEntry, JobSpec | None]]:
+        """New jobs routed to this worker, and to dead workers (up to `count` from each stream)."""
+        return self._read(consumer, [self.keys.route(consumer), *self.orphaned], count) if count > 0 else []
+
+    def read_shared(self, consumer: str, count: int) -> list[tuple[JobEntry, JobSpec | None]]:
+        """Up to `count` new jobs from the shared stream, oldest first."""
+        return self._read(consumer, [self.keys.jobs], count) if count > 0 else []
+
+    def wait_new(self, consumer: str, block_ms: int) -> list[tuple[JobEntry, JobSpec | None]]:
+        """The first new job on any of this worker's streams, waiting up to block_ms for one (at
+        most one per stream comes back)."""
+        return self._read(consumer, [self.keys.route(consumer), *self.orphaned, self.keys.jobs], 1, block_ms)
+
+    def read_new(self, consumer: str, count: int, block_ms: int = 0) -> list[tuple[JobEntry, JobSpec | None]]:
+        """About `count` new jobs: routed ones first, then the shared stream's for what is left;
+        with none anywhere, waits up to block_ms for the first."""
+        found = self.read_routed(consumer, count)
+        found += self.read_shared(consumer, count - len(found))
+        if not found and count > 0 and block_ms:
+            found = self.wait_new(consumer, block_ms)
+        return found
+
+    def _read(self, consumer: str, streams: list[str], count: int, block_ms: int = 0) \
+            -> list[tuple[JobEntry, JobSpec | None]]:
+        """XREADGROUP's new entries of these streams, up to `count` per stream. Every entry it
+        returns is this consumer's pending entry from then on, so all of them are returned: one
+        dropped here would wait out claim_idle_ms before anyone started it."""
+        reply = self.redis.xreadgroup(WORKER_GROUP, consumer, {s: ">" for s in streams}, count=count,
+                                      block=block_ms or None)
+        return [(JobEntry(_text(stream), entry_id.decode()), self._spec(raw))
+                for stream, entries in reply or [] for entry_id, raw in entries]
 
     def claim_stale(self, consumer: str, count: int) -> list[tuple[JobEntry, JobSpec | None]]:
         """Jobs whose worker stopped renewing them (it died): now this consumer's."""

@@ -1,8 +1,9 @@
 """A generation worker: takes jobs from Redis, runs them in its engine's continuous batch, streams
 their tokens back, and shares the prefix KV blocks it computes.
 
-Loop: renew this worker's jobs and claim dead workers' (every heartbeat) -> take as many new jobs
-as the engine has room for -> apply cancellations -> one engine step -> write each job's new
+Loop: renew this worker's jobs and claim dead workers' (every heartbeat) -> take the jobs routed
+to it, and shared ones while the next step has token budget for them -> apply cancellations -> one
+engine step -> write each job's new
 events (fenced by ownership) -> end the jobs that finished (ack and delete their queue entry).
 A keepalive thread renews the heartbeat key and the jobs' entries during long engine steps.
 
@@ -184,9 +185,7 @@ class Worker:
                 for entry, spec in self.queue.claim_stale(self.worker_id, self._room()):
                     self._start(entry, spec, claimed=True)
         if take_new:
-            block_ms = 0 if self.engine.has_work() else 100
-            for entry, spec in self.queue.read_new(self.worker_id, self._room(), block_ms):
-                self._start(entry, spec, claimed=False)
+            self._take_new_jobs()
         elif not self.engine.has_work():
             time.sleep(0.05)
         self._apply_cancellations()
@@ -199,8 +198,42 @@ class Worker:
         if deliveries:
             self._deliver(deliveries)
 
+    def _take_new_jobs(self) -> None:
+        """The jobs routed to this worker, up to its room; then the shared stream's, one at a
+        time, while the next step has token budget and KV blocks left for their uncached prompts
+        (engine.intake_room): a job this worker could only queue stays in Redis for a worker that
+        can start it now. Idle with nothing to take, waits briefly for the first job."""
+        room = self._room()
+        taken = self.queue.read_routed(self.worker_id, room)
+        for entry, spec in taken:
+            self._start(entry, spec, claimed=False)
+        room -= len(taken)
+        tokens, blocks = self.engine.intake_room() if room > 0 else (0, 0)
+        while room > 0 and tokens > 0 and blocks > 0:
+            shared = self.queue.read_shared(self.worker_id, 1)
+            if not shared:
+                break
+            (entry, spec), = shared
+            self._start(entry, spec, claimed=False)
+            if spec is not None and spec.job_id in self.engine.scheduler.sequences:
+                need_tokens, need_blocks = self.engine.admission_cost(spec.job_id)
+                tokens -= need_tokens
+                blocks -= need_blocks
+            room -= 1
+            taken += shared
+        if not taken and not self.engine.has_work():
+            for entry, spec in self.queue.wait_new(self.worker_id, block_ms=100):
+                self._start(entry, spec, claimed=False)
+
     def _room(self) -> int:
-        return max(0, self.engine.config.max_num_seqs - self.engine.num_running - self.engine.num_waiting)
+        """How many new jobs to take now. None while the engine still has waiting sequences: what
+        it could not admit last step (token budget, KV pool, a preemption) tells that it is full,
+        and a job taken now would wait here while another worker could start it at once. So
+        unstarted jobs stay in Redis, where any worker with room takes them (the shared stream)
+        and the router counts them (a routed stream)."""
+        if self.engine.num_waiting:
+            return 0
+        return max(0, self.engine.config.max_num_seqs - self.engine.num_running)
 
     def _heartbeat(self) -> None:
         self.queue.renew(self.worker_id, [job.entry for job in self.jobs.values()])
