@@ -8,7 +8,9 @@ Each step:
    back to the head of the waiting queue, to be recomputed later (its freed blocks stay in the
    prefix cache meanwhile).
 2. If nothing was preempted, waiting sequences join in arrival order, each with its cached prefix
-   counted as computed, while the budget, the pool and max_num_seqs allow.
+   counted as computed, while the budget, the pool and max_num_seqs allow. One the pool cannot
+   take yet is passed over by later ones that fit (a prompt whose prefix is cached needs few
+   blocks), for at most max_head_passes steps at the head of the queue.
 A prompt longer than the budget is prefilled in chunks over several steps; decode tokens of the
 running sequences go first, so long prompts never stall them for more than one chunk.
 """
@@ -43,6 +45,8 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.sequences: dict[str, Sequence] = {}
         self.num_preemptions = 0
+        self.max_head_passes = 8                # steps a waiting head may be passed over (_may_pass_over)
+        self._head_passes: tuple[str, int] = ("", 0)   # (the head passed over, how many steps)
 
     def add(self, seq: Sequence) -> None:
         self.sequences[seq.request_id] = seq
@@ -75,13 +79,16 @@ class Scheduler:
             i += 1
         if out.preempted:
             return out
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-            seq = self.waiting[0]
+        for seq in list(self.waiting):
+            if budget <= 0 or len(self.running) >= self.max_num_seqs:
+                break
             hits = self.kv.cached_prefix(seq)
             n = min(seq.num_tokens - len(hits) * self.kv.block_size, budget)
             if not self.kv.can_admit(seq, hits, n):
-                break
-            self.waiting.popleft()
+                if seq is self.waiting[0] and not self._may_pass_over(seq):
+                    break                                   # the head has waited enough: nobody passes it
+                continue                                    # later ones whose blocks fit go first
+            self.waiting.remove(seq)
             self.kv.admit(seq, hits)
             self.kv.allocate_slots(seq, n)
             seq.status = SequenceStatus.RUNNING
@@ -89,6 +96,18 @@ class Scheduler:
             out.chunks.append((seq.request_id, n))
             budget -= n
         return out
+
+    def _may_pass_over(self, head: Sequence) -> bool:
+        """Whether waiting sequences behind `head`, which the pool cannot take yet, may be admitted
+        before it this step: yes for its first max_head_passes steps at the head. A prompt whose
+        prefix is cached needs a few blocks where one that is not needs all of its own, so strict
+        arrival order would hold every short admission behind one long one (head-of-line
+        blocking); after that many steps the head is served first, as running sequences finish."""
+        if self._head_passes[0] != head.request_id:
+            self._head_passes = (head.request_id, 0)
+        passes = self._head_passes[1] + 1
+        self._head_passes = (head.request_id, passes)
+        return passes <= self.max_head_passes
 
     def _preempt(self, seq: Sequence) -> None:
         self.kv.free(seq)

@@ -73,3 +73,28 @@ def test_max_num_seqs(llm):
         add(sched, llm, f"r{i}", 10, i)
     out = sched.schedule()
     assert [rid for rid, _ in out.chunks] == ["r0", "r1"] and len(sched.waiting) == 2
+
+
+def test_a_prompt_whose_blocks_fit_passes_a_head_that_does_not_fit_for_a_bounded_time(llm):
+    sched = setup(llm, num_blocks=10, budget=512, max_seqs=8)
+    sched.max_head_passes = 2
+    holder = add(sched, llm, "holder", 60, 0)             # 4 blocks, running
+    complete(sched, sched.schedule())
+    add(sched, llm, "big", 112, 1)                        # 7 blocks: 6 are free
+    small = add(sched, llm, "small", 16, 2)               # 1 block
+    out = sched.schedule()
+    assert out.chunks == [("holder", 1), ("small", 16)]  # small goes first, big keeps its place
+    assert [s.request_id for s in sched.waiting] == ["big"]
+    complete(sched, out)
+    small2 = add(sched, llm, "small2", 8, 3)
+    out = sched.schedule()                                # big passed over a second time
+    assert out.chunks == [("holder", 1), ("small", 1), ("small2", 8)]
+    complete(sched, out)
+    add(sched, llm, "small3", 8, 4)
+    out = sched.schedule()                                # a third time is too many: small3 waits behind big
+    assert out.chunks == [("holder", 1), ("small", 1), ("small2", 1)]
+    assert [s.request_id for s in sched.waiting] == ["big", "small3"]
+    for seq in (holder, small, small2):
+        sched.finish(seq)
+    out = sched.schedule()
+    assert out.chunks == [("big", 112), ("small3", 8)]
