@@ -2,9 +2,9 @@
 their tokens back, and shares the prefix KV blocks it computes.
 
 Loop: renew this worker's jobs and claim dead workers' (every heartbeat) -> take the jobs routed
-to it, and shared ones while the next step has token budget for them -> apply cancellations -> one
-engine step -> write each job's new
-events (fenced by ownership) -> end the jobs that finished (ack and delete their queue entry).
+to it, and shared ones while the next step has token budget and KV blocks for them -> apply
+cancellations -> one engine step -> write each job's new events (fenced by ownership) -> end the
+jobs that finished (ack and delete their queue entry).
 A keepalive thread renews the heartbeat key and the jobs' entries during long engine steps.
 
 A worker that loses Redis keeps its engine state and the events it could not write, retries with
