@@ -178,8 +178,7 @@ def main() -> None:
                                      args.max_new_tokens, args.rate)
             print(json.dumps(pair[routing]), file=sys.stderr)
         results.append({"workers": workers, "any_worker": pair[False], "routed": pair[True],
-                        "ttft_p50_ratio": round(pair[False]["ttft_p50_s"] / pair[True]["ttft_p50_s"], 2),
-                        "ttft_p99_ratio": round(pair[False]["ttft_p99_s"] / pair[True]["ttft_p99_s"], 2),
+                        "ttft_p50_ratio": _ratio(pair, "ttft_p50_s"), "ttft_p99_ratio": _ratio(pair, "ttft_p99_s"),
                         "ttft_after_first_p50_ratio": _ratio(pair, "ttft_after_first_p50_s"),
                         "throughput_ratio": round(pair[True]["tokens_per_s"] / pair[False]["tokens_per_s"], 2)})
     print(json.dumps({"bench": "routing", "cpu": cpu_name(),

@@ -176,12 +176,14 @@ class LLMEngine:
         less what the held sequences still need (a running one's uncomputed tokens, a waiting one's
         uncached ones), and the pool's free blocks less what they will take. A worker takes more
         jobs only while both are positive."""
+        if self._store is not None:
+            self._import_remote_prefixes()
         tokens, blocks = self.config.max_num_batched_tokens, self.pool.num_free_blocks
         for seq in self.scheduler.running:
             tokens -= seq.num_uncomputed_tokens
             blocks -= max(0, self.kv.blocks_for(seq.num_tokens) - len(seq.block_table))
-        for seq in list(self.scheduler.waiting):
-            need_tokens, need_blocks = self.admission_cost(seq.request_id)
+        for seq in self.scheduler.waiting:
+            need_tokens, need_blocks = self._admission_cost(seq)
             tokens -= need_tokens
             blocks -= need_blocks
         return tokens, blocks
@@ -191,7 +193,9 @@ class LLMEngine:
         has been looked up in the shared store (imported blocks are cached, as at the next step)."""
         if self._store is not None:
             self._import_remote_prefixes()
-        seq = self.scheduler.sequences[request_id]
+        return self._admission_cost(self.scheduler.sequences[request_id])
+
+    def _admission_cost(self, seq: Sequence) -> tuple[int, int]:
         hits = self.kv.cached_prefix(seq)
         uncached = seq.num_tokens - len(hits) * self.kv.block_size
         return uncached, self.kv.admission_blocks(seq, hits, uncached)

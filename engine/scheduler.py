@@ -103,9 +103,7 @@ class Scheduler:
         prefix is cached needs a few blocks where one that is not needs all of its own, so strict
         arrival order would hold every short admission behind one long one (head-of-line
         blocking); after that many steps the head is served first, as running sequences finish."""
-        if self._head_passes[0] != head.request_id:
-            self._head_passes = (head.request_id, 0)
-        passes = self._head_passes[1] + 1
+        passes = self._head_passes[1] + 1 if self._head_passes[0] == head.request_id else 1
         self._head_passes = (head.request_id, passes)
         return passes <= self.max_head_passes
 

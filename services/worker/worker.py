@@ -214,8 +214,7 @@ class Worker:
             if not shared:
                 break
             (entry, spec), = shared
-            self._start(entry, spec, claimed=False)
-            if spec is not None and spec.job_id in self.engine.scheduler.sequences:
+            if self._start(entry, spec, claimed=False):
                 need_tokens, need_blocks = self.engine.admission_cost(spec.job_id)
                 tokens -= need_tokens
                 blocks -= need_blocks
@@ -270,16 +269,18 @@ class Worker:
             self.queue.publish_blocks(self.worker_id, pool.cached_hashes(), [], full=True)
             self._blocks_synced = True
 
-    def _start(self, entry: JobEntry, spec: JobSpec | None, claimed: bool) -> None:
+    def _start(self, entry: JobEntry, spec: JobSpec | None, claimed: bool) -> bool:
+        """Take the job and add it to the engine; False when it is not added (gone, already
+        finished, or refused with an error written to its output)."""
         if spec is None:                                     # unreadable or deleted entry
             self.queue.finish(entry, "-")
-            return
+            return False
         job_id = spec.job_id
         self.queue.take_ownership(job_id, self.worker_id)
         resumed, final = self.queue.already_streamed(job_id) if claimed else ([], False)
         if final:
             self.queue.finish(entry, job_id)
-            return
+            return False
         if claimed:
             log.info("took over job %s after %d streamed tokens", job_id, len(resumed))
         span = job_span(spec, len(resumed))
@@ -290,8 +291,9 @@ class Worker:
             self.queue.write([(job_id, self.worker_id, [failure], entry, entry)])
             if span is not None:
                 span.record([failure])
-            return
+            return False
         self.jobs[job_id] = RunningJob(entry, spec.reader_lease_ms > 0, span)
+        return True
 
     def _fail_all(self, message: str) -> list[Delivery]:
         deliveries = []
