@@ -22,6 +22,7 @@ from services.client import health_status, http_health_status, open_channel
 from services.common.keys import Keys
 from services.common.redis_client import connect, scan_keys
 from services.common.redis_server import free_port
+from services.launcher import worker_threads
 
 
 @dataclass
@@ -135,15 +136,18 @@ class Mesh:
         return proc
 
     def stack(self, workers: int = 1, **env_extra) -> dict[str, Proc]:
-        """Tokenizer, Generation, Retrieval (calling this Generation) and workers, all serving."""
+        """Tokenizer, Generation, Retrieval (calling this Generation) and workers, all serving. The
+        workers share the cores out between them as `meshllm up` does (launcher.worker_threads)."""
         procs = {"tokenizer": self.service("tokenizer", wait=False, **env_extra),
                  "generation": self.service("generation", wait=False, **env_extra)}
         procs["retrieval"] = self.service("retrieval", wait=False,
                                           MESHLLM_GENERATION_ADDRESS=procs["generation"].address, **env_extra)
         for name in ("tokenizer", "generation", "retrieval"):
             self.wait_serving(procs[name])
+        threads = worker_threads(workers, self.env(**env_extra).get("MESHLLM_THREADS"), len(os.sched_getaffinity(0)))
+        worker_env = {**env_extra, "MESHLLM_THREADS": threads} if threads else env_extra
         for i in range(workers):
-            procs[f"worker-{i + 1}"] = self.worker(**env_extra)
+            procs[f"worker-{i + 1}"] = self.worker(**worker_env)
         return procs
 
     def gateway(self, procs: dict[str, Proc], wait: bool = True, **env_extra) -> Proc:

@@ -1,4 +1,5 @@
 """The gRPC services over real sockets, with a real Redis and a real worker."""
+import asyncio
 import threading
 import time
 import urllib.request
@@ -11,8 +12,11 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from harness.mesh import Mesh, channel
 from services.api import common_pb2, generation_pb2, generation_pb2_grpc, tokenizer_pb2, tokenizer_pb2_grpc
+from services.common.config import GenerationLimits
+from services.common.jobs import SHARED, AsyncJobClient
 from services.common.keys import Keys
-from services.common.redis_client import scan_keys
+from services.common.redis_client import connect, scan_keys
+from services.generation.service import GenerationServicer
 
 FR = common_pb2
 
@@ -214,6 +218,47 @@ def test_a_client_that_hangs_up_cancels_the_job(gen, mesh, redis_client):
     while worker_info(mesh, redis_client)["running"] != "0":
         assert time.monotonic() < deadline
         time.sleep(0.2)
+
+
+class _HeldAfterQueueing(AsyncJobClient):
+    """The real job client, whose submit, once Redis has queued the job, waits on: what a
+    replicated submit does while it waits for a replica to hold the job."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.queued = asyncio.Event()
+
+    async def submit(self, spec, route=SHARED):
+        entry = await super().submit(spec, route)
+        self.queued.set()
+        await asyncio.Event().wait()
+        return entry
+
+
+def test_a_call_cancelled_while_its_job_is_queued_cancels_the_job(llm, redis_server, key_prefix):
+    """The caller leaves after Redis took the job but before the call relays it: relay's cancel
+    never runs, so start must cancel it (else the job runs until its reader lease lapses)."""
+    keys = Keys(key_prefix)
+
+    async def leave_while_queueing() -> int:
+        client = connect(redis_server.url, asyncio=True)
+        try:
+            jobs = _HeldAfterQueueing(client, keys)
+            servicer = GenerationServicer(llm, jobs, GenerationLimits())
+            start = asyncio.ensure_future(servicer.start(
+                generation_pb2.GenerateRequest(text="Once upon a time", request_id="left-early")))
+            await asyncio.wait_for(jobs.queued.wait(), 10)
+            start.cancel()
+            await asyncio.gather(start, return_exceptions=True)
+            for _ in range(50):                          # the cancel goes out beside the call's end
+                if await client.exists(keys.job_cancel("left-early")):
+                    return 1
+                await asyncio.sleep(0.05)
+            return 0
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(leave_while_queueing()) == 1
 
 
 def test_model_info(gen):

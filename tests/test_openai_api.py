@@ -3,6 +3,7 @@ worker on the suite's model, the gateway as `meshllm serve openai` on a free por
 key), driven over a socket with the official `openai` package and, for SSE framing and
 disconnects, httpx. Then a lone gateway with TLS before its mesh is up, and `meshllm up`'s wiring.
 The pure translation and error mapping are in test_openai_translate.py."""
+import asyncio
 import json
 import re
 import shutil
@@ -422,8 +423,7 @@ def test_a_client_that_disconnects_cancels_the_job(stack, url, stream):
                     break
                 assert time.monotonic() < deadline and "[DONE]" not in line
     else:                                        # a unary request whose client gives up waiting
-        with pytest.raises(httpx.ReadTimeout):
-            httpx.post(f"{url}/v1/completions", json=body, headers=AUTH, timeout=httpx.Timeout(60, read=2))
+        asyncio.run(_post_and_leave_once_running(stack, f"{url}/v1/completions", body))
     # the connection is closed: the gateway cancels its call, Generation cancels the job. The job would
     # run ~19 s, so the deadline is no hint; the CANCELLED count is what tells a cancel from an end.
     deadline = time.monotonic() + 15
@@ -435,6 +435,20 @@ def test_a_client_that_disconnects_cancels_the_job(stack, url, stream):
             break
         assert time.monotonic() < deadline, _cancel_report(stack, method, before, cancelled, info)
         time.sleep(0.2)
+
+
+async def _post_and_leave_once_running(stack, url: str, body: dict) -> None:
+    """POST body and close the connection once a heartbeat shows its sequence running: a client
+    that left sooner (a fixed read timeout on a loaded machine) may leave before the gateway has
+    called Generation, and then there is no job to cancel."""
+    async with httpx.AsyncClient(timeout=120) as client:
+        post = asyncio.ensure_future(client.post(url, json=body, headers=AUTH))
+        deadline = time.monotonic() + 10
+        while worker_info(stack).get("running") != "1":
+            assert not post.done() and time.monotonic() < deadline, post.done() and post.result()
+            await asyncio.sleep(0.1)
+        post.cancel()                            # closes the connection mid-request
+        await asyncio.gather(post, return_exceptions=True)
 
 
 def _cancel_report(stack, method: str, before: float, cancelled: float, info: dict) -> str:

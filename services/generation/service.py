@@ -143,7 +143,14 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
             raise ServiceError(grpc.StatusCode.ALREADY_EXISTS, f"request_id {job_id!r} is already in use")
         spec = JobSpec.from_options(job_id, ids, options)
         spec.traceparent = current_traceparent()          # the worker's span continues this RPC's trace
-        await self.jobs.submit(spec, await self.router.route(ids))
+        route = await self.router.route(ids)
+        try:
+            await self.jobs.submit(spec, route)
+        except asyncio.CancelledError:
+            # the caller left while the job was being queued (Redis may hold it already: a replicated
+            # submit waits for a replica after the XADD); relay, which cancels jobs, never starts
+            asyncio.ensure_future(self._cancel_quietly(job_id))
+            raise
         METRICS.prompt_tokens.inc(len(ids))
         return job_id, len(ids), tools
 
