@@ -7,6 +7,11 @@
 - Time to first token of a 1000-token prompt: cold; with a local prefix hit (the same engine ran
   it before); and with a Redis hit on an engine that never computed it (its blocks written to a
   real redis-server by another engine, as one worker's are read by another).
+- A long prompt beside running streams (`--beside-only` runs just this): 4 sequences decoding,
+  then a 2000-token prompt (an Ask's size) arrives; the streams' inter-token gaps while it
+  prefills, and its time to first token, for each step time target (EngineConfig.step_target_s,
+  the worker's MESHLLM_STEP_TARGET_S; 0: every step takes the whole 512-token budget). The engine
+  first serves one such prompt unmeasured, so that its step costs are learnt, as a worker's are.
 """
 from __future__ import annotations
 
@@ -77,12 +82,43 @@ def prefix_cache_ttft(llm) -> dict:
             "local_hit_speedup": round(cold / local, 1)}
 
 
+def long_prompt_beside_streams(llm, step_target_s: float, prompt_tokens: int = 2000, streams: int = 4) -> dict:
+    from engine.llm_engine import EngineConfig, LLMEngine
+    from engine.sampling import GREEDY
+    from engine.sequence import RequestOptions
+    from engine.stopping import StoppingCriteria
+    engine = LLMEngine(llm.model, llm.tokenizer, EngineConfig(kv_cache_mb=512, step_target_s=step_target_s))
+    rng = random.Random(7)
+    endless = RequestOptions(GREEDY, StoppingCriteria(4096, ignore_eos=True))
+    for i in range(streams):
+        engine.add_request(f"s{i}", [rng.randint(100, 40000) for _ in range(16)], endless)
+    engine.step()
+    measured = {}
+    for name in ("learn", "long"):
+        engine.add_request(name, [rng.randint(100, 40000) for _ in range(prompt_tokens)],
+                           RequestOptions(GREEDY, StoppingCriteria(1)))
+        gaps, t0 = [], time.perf_counter()
+        while True:
+            started = time.perf_counter()
+            outputs = engine.step()
+            gaps.append(time.perf_counter() - started)
+            if any(o.request_id == name for o in outputs):
+                break
+        measured = {"ttft_s": round(time.perf_counter() - t0, 2), "steps": len(gaps),
+                    "stream_gap_p50_s": round(float(np.median(gaps)), 3), "stream_gap_max_s": round(max(gaps), 3)}
+    for i in range(streams):
+        engine.abort(f"s{i}")
+    return measured
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="catalogue name or GGUF path (default: the default model)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=64, help="tokens generated per sequence")
     ap.add_argument("--fast", action="store_true", help="int8 activations in decode")
+    ap.add_argument("--beside-only", action="store_true", help="only the long prompt beside running streams")
+    ap.add_argument("--step-targets", type=float, nargs="+", default=[0.0, 0.5, 0.25])
     args = ap.parse_args()
     from engine.runtime import configure
     configure(args.threads)
@@ -94,6 +130,10 @@ def main() -> None:
     llm.warm_up()
     result = {"engine": "meshllm", "model": args.model or DEFAULT_MODEL, "cpu": cpu_name(),
               "mode": "fast" if args.fast else "exact", "threads": args.threads}
+    result["long_prompt_beside_4_streams"] = {str(t): long_prompt_beside_streams(llm, t) for t in args.step_targets}
+    if args.beside_only:
+        print(json.dumps(result, indent=2))
+        return
     for n in (1, 4, 16, 64):
         result[f"decode_tok_s_{n}_seqs"] = round(float(np.median([decode_throughput(llm, n, args.tokens)
                                                                   for _ in range(2)])), 1)

@@ -51,6 +51,10 @@ class EngineConfig:
     max_context: int | None = None        # default: the model's context length
     prefault_kv: bool = True              # map the pool's memory at start-up, not inside requests
     weigh_drafts: bool = True             # keep the drafts worth their rows (speculation.plan_drafts)
+    # a step that decodes adds prompt chunks only up to what keeps it within this many seconds, by
+    # the step costs learnt on this machine (0: the whole token budget, for offline batches; the
+    # worker bounds it: streams beside a long prompt; scheduler.py)
+    step_target_s: float = 0.0
 
     def __post_init__(self):
         if self.block_size < 16 or self.block_size % 16:
@@ -59,6 +63,8 @@ class EngineConfig:
             raise ValueError("the KV cache needs memory for at least one block")
         if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:
             raise ValueError("max_num_batched_tokens and max_num_seqs must be >= 1")
+        if self.step_target_s < 0:
+            raise ValueError("step_target_s must be >= 0")
 
 
 @dataclass
@@ -108,7 +114,9 @@ class LLMEngine:
         self.scheduler = Scheduler(self.kv, config.max_num_batched_tokens, config.max_num_seqs)
         self.runner = ModelRunner(model, self.kv_cache)
         self.stats = EngineStats()
-        self.step_costs = StepCosts()                # seconds per step by rows, for plan_drafts
+        self.step_costs = StepCosts()                # seconds per step by rows: plan_drafts, prefill_limit
+        if config.step_target_s:
+            self.scheduler.prefill_limit = self.prefill_limit
         self._arrival = itertools.count()
         self._store = block_store
         self._exporter = _BlockExporter(block_store, self) if block_store is not None else None
@@ -172,15 +180,20 @@ class LLMEngine:
         return len(self.scheduler.waiting)
 
     def intake_room(self) -> tuple[int, int]:
-        """(tokens, blocks) the next step has left for sequences not yet added: its token budget
-        less what the held sequences still need (a running one's uncomputed tokens, a waiting one's
-        uncached ones), and the pool's free blocks less what they will take. A worker takes more
-        jobs only while both are positive."""
+        """(tokens, blocks) the next step has left for sequences not yet added: the prompt tokens
+        it may add beside its decode rows (scheduler.prefill_room) less what the held sequences
+        still need (a prefilling one's uncomputed tokens, a waiting one's uncached ones), and the
+        pool's free blocks less what they will take. A worker takes more jobs only while both are
+        positive."""
         if self._store is not None:
             self._import_remote_prefixes()
-        tokens, blocks = self.config.max_num_batched_tokens, self.pool.num_free_blocks
-        for seq in self.scheduler.running:
-            tokens -= seq.num_uncomputed_tokens
+        running = self.scheduler.running
+        decode_rows = sum(1 for seq in running if seq.num_uncomputed_tokens <= 1)
+        tokens = self.scheduler.prefill_room(decode_rows)
+        blocks = self.pool.num_free_blocks
+        for seq in running:
+            if seq.num_uncomputed_tokens > 1:
+                tokens -= seq.num_uncomputed_tokens
             blocks -= max(0, self.kv.blocks_for(seq.num_tokens) - len(seq.block_table))
         for seq in self.scheduler.waiting:
             need_tokens, need_blocks = self._admission_cost(seq)
@@ -247,6 +260,21 @@ class LLMEngine:
         for seq in finished:
             self.scheduler.finish(seq)
         return list(outputs.values())
+
+    def prefill_limit(self, decode_rows: int) -> int:
+        """The most prompt tokens a step of `decode_rows` decode rows may add and still take at
+        most config.step_target_s, by the step costs learnt so far (the whole budget while a step
+        of fewer rows was never run: running it teaches its cost)."""
+        target, budget = self.config.step_target_s, self.config.max_num_batched_tokens
+        low, high = 0, budget - decode_rows
+        while low < high:                                   # the largest n whose estimate fits
+            n = (low + high + 1) // 2
+            seconds = self.step_costs.estimate(decode_rows + n)
+            if seconds is None or seconds <= target:
+                low = n
+            else:
+                high = n - 1
+        return low
 
     def _propose_drafts(self) -> None:
         """Prompt-lookup drafts for the running sequences about to decode one token, as many of

@@ -1,22 +1,26 @@
 """Continuous batching under a per-step token budget. Plain Python on ints.
 
 Each step:
-1. Running sequences, oldest first, each get their uncomputed tokens (one for a decoding sequence,
-   plus its speculative drafts, if any: speculation.py; a chunk for a long prompt) while the
-   budget lasts; drafts are trimmed first when the budget or the pool runs short. If the pool has
-   no room for one, the newest running sequence is preempted: its blocks are freed and it goes
-   back to the head of the waiting queue, to be recomputed later (its freed blocks stay in the
-   prefix cache meanwhile).
+1. Running sequences get their uncomputed tokens while the budget lasts: the decoding ones first
+   (one token, plus speculative drafts, if any: speculation.py), then those still prefilling their
+   prompt (a chunk), each group oldest first; drafts are trimmed first when the budget or the pool
+   runs short. If the pool has no room for one, the newest running sequence not yet given tokens
+   this step is preempted: its blocks are freed and it goes back to the head of the waiting queue,
+   to be recomputed later (its freed blocks stay in the prefix cache meanwhile).
 2. If nothing was preempted, waiting sequences join in arrival order, each with its cached prefix
    counted as computed, while the budget, the pool and max_num_seqs allow. One the pool cannot
    take yet is passed over by later ones that fit (a prompt whose prefix is cached needs few
    blocks), for at most max_head_passes steps at the head of the queue.
-A prompt longer than the budget is prefilled in chunks over several steps; decode tokens of the
-running sequences go first, so long prompts never stall them for more than one chunk.
+A prompt longer than the budget is prefilled in chunks over several steps. In a step that also
+decodes, the prompt tokens of all chunks together are held to `prefill_room(decode rows)` (with
+the engine's prefill_limit: what keeps the step within its time target on this machine), so a
+long prompt delays the streams beside it by a bounded step time instead of a whole budget's
+prefill (Sarathi-Serve's stall-free batching).
 """
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .kv_cache_manager import KVCacheManager
@@ -47,6 +51,8 @@ class Scheduler:
         self.num_preemptions = 0
         self.max_head_passes = 8                # steps a waiting head may be passed over (_may_pass_over)
         self._head_passes: tuple[str, int] = ("", 0)   # (the head passed over, how many steps)
+        # decode rows -> prompt tokens a step with them may add (None: the whole budget); the engine's
+        self.prefill_limit: Callable[[int], int] | None = None
 
     def add(self, seq: Sequence) -> None:
         self.sequences[seq.request_id] = seq
@@ -58,16 +64,27 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
-        i = 0
-        while i < len(self.running) and budget > 0:
-            seq = self.running[i]
-            n = min(seq.num_uncomputed_tokens + len(seq.draft_ids), budget)
+        prefill = None                                      # prompt tokens this step may still add
+        given: set[str] = set()
+        for seq in sorted(self.running, key=lambda s: s.num_uncomputed_tokens > 1):   # decoding first
+            if budget <= 0:
+                break
+            if seq.status is not SequenceStatus.RUNNING:   # preempted for an earlier one this step
+                continue
+            limit = budget
+            if seq.num_uncomputed_tokens > 1:
+                prefill = self.prefill_room(out.num_tokens) if prefill is None else prefill
+                limit = min(budget, prefill)
+                if limit <= 0:
+                    break
+            n = min(seq.num_uncomputed_tokens + len(seq.draft_ids), limit)
             del seq.draft_ids[max(0, n - seq.num_uncomputed_tokens):]
             if seq.draft_ids and not self.kv.allocate_slots(seq, n):
                 n -= len(seq.draft_ids)                     # drafts are the first thing to give up
                 seq.draft_ids.clear()
             while not self.kv.allocate_slots(seq, n):
-                victim = self.running.pop()                 # the newest
+                victim = next(s for s in reversed(self.running) if s.request_id not in given)   # the newest
+                self.running.remove(victim)
                 self._preempt(victim)
                 out.preempted.append(victim.request_id)
                 if victim is seq:
@@ -75,15 +92,19 @@ class Scheduler:
             if seq.status is not SequenceStatus.RUNNING:
                 break
             out.chunks.append((seq.request_id, n))
+            given.add(seq.request_id)
             budget -= n
-            i += 1
+            if seq.num_uncomputed_tokens > 1:
+                prefill -= n
         if out.preempted:
             return out
+        if prefill is None:
+            prefill = self.prefill_room(out.num_tokens)
         for seq in list(self.waiting):
-            if budget <= 0 or len(self.running) >= self.max_num_seqs:
+            if budget <= 0 or prefill <= 0 or len(self.running) >= self.max_num_seqs:
                 break
             hits = self.kv.cached_prefix(seq)
-            n = min(seq.num_tokens - len(hits) * self.kv.block_size, budget)
+            n = min(seq.num_tokens - len(hits) * self.kv.block_size, budget, prefill)
             if not self.kv.can_admit(seq, hits, n):
                 if seq is self.waiting[0] and not self._may_pass_over(seq):
                     break                                   # the head has waited enough: nobody passes it
@@ -95,7 +116,17 @@ class Scheduler:
             self.running.append(seq)
             out.chunks.append((seq.request_id, n))
             budget -= n
+            prefill -= n
         return out
+
+    def prefill_room(self, decode_rows: int) -> int:
+        """Prompt tokens a step that decodes `decode_rows` rows may add: the rest of the budget
+        when it decodes nothing or no prefill_limit is set; else prefill_limit's, at least one
+        block's worth (so that a prompt always advances)."""
+        rest = self.max_num_batched_tokens - decode_rows
+        if not decode_rows or self.prefill_limit is None:
+            return rest
+        return min(rest, max(self.kv.block_size, self.prefill_limit(decode_rows)))
 
     def _may_pass_over(self, head: Sequence) -> bool:
         """Whether waiting sequences behind `head`, which the pool cannot take yet, may be admitted

@@ -169,3 +169,17 @@ def test_requests_that_can_never_fit_are_refused(llm):
     engine.add_request("ok", list(range(30)), RequestOptions(stopping=StoppingCriteria(max_new_tokens=30)))
     with pytest.raises(GenerationError, match="already running"):
         engine.add_request("ok", [1, 2], RequestOptions())
+
+
+def test_the_prefill_limit_keeps_a_decoding_step_within_its_target_by_the_learnt_costs(llm):
+    assert LLMEngine(llm.model, llm.tokenizer, EngineConfig(num_kv_blocks=64)).scheduler.prefill_limit is None
+    engine = LLMEngine(llm.model, llm.tokenizer, EngineConfig(num_kv_blocks=64, step_target_s=0.5))
+    assert engine.scheduler.prefill_limit == engine.prefill_limit
+    assert engine.prefill_limit(1) == 511                 # no step run yet: the budget's rest
+    engine.step_costs.record(1, 0.05)
+    assert engine.prefill_limit(1) == 180                 # above what ran, 5 % a row: 0.05 (1 + 0.05 n) <= 0.5
+    engine.step_costs.record(257, 1.0)
+    assert engine.prefill_limit(1) == 121                 # between, a straight line: 0.05 + 0.95 n / 256 <= 0.5
+    for _ in range(20):                                   # decode steps grow slow (a moving average)
+        engine.step_costs.record(1, 0.6)
+    assert engine.prefill_limit(1) == 0                   # the decode alone is over: the scheduler's one block

@@ -98,3 +98,36 @@ def test_a_prompt_whose_blocks_fit_passes_a_head_that_does_not_fit_for_a_bounded
         sched.finish(seq)
     out = sched.schedule()
     assert out.chunks == [("big", 112), ("small3", 8)]
+
+
+
+def test_a_step_that_decodes_holds_prompt_chunks_to_the_prefill_limit(llm):
+    sched = setup(llm, budget=512)
+    sched.prefill_limit = lambda decode_rows: 40 - 10 * decode_rows
+    add(sched, llm, "a", 10, 0)
+    out = sched.schedule()
+    assert out.chunks == [("a", 10)]                      # nothing decodes: the whole budget
+    complete(sched, out)
+    add(sched, llm, "long", 300, 1)
+    short = add(sched, llm, "short", 20, 2)
+    out = sched.schedule()
+    assert out.chunks == [("a", 1), ("long", 30)]         # 40 - 10 for one decode row
+    complete(sched, out)
+    out = sched.schedule()
+    assert out.chunks == [("a", 1), ("long", 30)] and short in sched.waiting
+    complete(sched, out)
+    sched.prefill_limit = lambda decode_rows: 0
+    assert sched.schedule().chunks == [("a", 1), ("long", 16)]   # at least a block: the prompt advances
+    assert sched.prefill_room(0) == 512 and sched.prefill_room(3) == 16
+
+
+def test_decoding_sequences_go_before_a_prompt_chunk_ahead_of_them(llm):
+    sched = setup(llm, budget=512)
+    add(sched, llm, "a", 10, 0)
+    add(sched, llm, "long", 600, 1)
+    out = sched.schedule()
+    assert out.chunks == [("a", 10), ("long", 502)]
+    complete(sched, out)
+    sched.running.reverse()                               # the prefilling one first (a readmission)
+    sched.prefill_limit = lambda decode_rows: 50
+    assert sched.schedule().chunks == [("a", 1), ("long", 50)]

@@ -144,6 +144,9 @@ class WorkerConfig:
     block_size: int = field(default=16, metadata={"help": "tokens per KV block"})
     max_num_seqs: int = field(default=64, metadata={"help": "sequences a worker runs at once"})
     max_num_batched_tokens: int = field(default=512, metadata={"help": "token budget of one step"})
+    step_target_s: float = field(default=0.5, metadata={
+        "help": "a step that decodes takes prompt chunks only up to this many seconds of work, as measured "
+                "on this machine (bounds the stall a long prompt causes the streams beside it; 0: no bound)"})
     max_context: int = field(default=0, metadata={"help": "longest sequence (0: the model's context length)"})
     fast: bool = field(default=False, metadata={"help": "int8 activations in decode (faster, may flip near-ties)"})
     device: str = field(default="auto", metadata={
@@ -159,6 +162,7 @@ class WorkerConfig:
         _check(self.block_size >= 16 and self.block_size % 16 == 0, "block_size must be a multiple of 16")
         _check(self.max_num_seqs >= 1 and self.max_num_batched_tokens >= 1, "batch limits must be >= 1")
         _check(self.max_context >= 0 and self.threads >= 0, "max_context and threads must be >= 0")
+        _check(self.step_target_s >= 0, "step_target_s must be >= 0")
         _check(self.kv_block_ttl_s >= 1, "kv_block_ttl_s must be >= 1")
         _check(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
 

@@ -109,7 +109,8 @@ class Worker:
             if config.share_kv else None
         engine_config = EngineConfig(block_size=config.block_size, kv_cache_mb=config.kv_cache_mb,
                                      max_num_batched_tokens=config.max_num_batched_tokens,
-                                     max_num_seqs=config.max_num_seqs, max_context=config.max_context or None)
+                                     max_num_seqs=config.max_num_seqs, max_context=config.max_context or None,
+                                     step_target_s=config.step_target_s)
         self.engine = LLMEngine(llm.model, llm.tokenizer, engine_config, store)
         self.engine.grammars.warm()                  # structured output's tokenizer, built before any job
         self.jobs: dict[str, RunningJob] = {}
