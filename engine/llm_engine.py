@@ -188,11 +188,11 @@ class LLMEngine:
         if self._store is not None:
             self._import_remote_prefixes()
         running = self.scheduler.running
-        decode_rows = sum(1 for seq in running if seq.num_uncomputed_tokens <= 1)
+        decode_rows = sum(1 for seq in running if not seq.is_prefilling)
         tokens = self.scheduler.prefill_room(decode_rows)
         blocks = self.pool.num_free_blocks
         for seq in running:
-            if seq.num_uncomputed_tokens > 1:
+            if seq.is_prefilling:
                 tokens -= seq.num_uncomputed_tokens
             blocks -= max(0, self.kv.blocks_for(seq.num_tokens) - len(seq.block_table))
         for seq in self.scheduler.waiting:

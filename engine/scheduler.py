@@ -66,13 +66,13 @@ class Scheduler:
         budget = self.max_num_batched_tokens
         prefill = None                                      # prompt tokens this step may still add
         given: set[str] = set()
-        for seq in sorted(self.running, key=lambda s: s.num_uncomputed_tokens > 1):   # decoding first
+        for seq in sorted(self.running, key=lambda s: s.is_prefilling):   # decoding first
             if budget <= 0:
                 break
             if seq.status is not SequenceStatus.RUNNING:   # preempted for an earlier one this step
                 continue
             limit = budget
-            if seq.num_uncomputed_tokens > 1:
+            if seq.is_prefilling:
                 prefill = self.prefill_room(out.num_tokens) if prefill is None else prefill
                 limit = min(budget, prefill)
                 if limit <= 0:
@@ -94,7 +94,7 @@ class Scheduler:
             out.chunks.append((seq.request_id, n))
             given.add(seq.request_id)
             budget -= n
-            if seq.num_uncomputed_tokens > 1:
+            if seq.is_prefilling:
                 prefill -= n
         if out.preempted:
             return out

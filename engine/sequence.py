@@ -111,6 +111,11 @@ class Sequence:
     def num_uncomputed_tokens(self) -> int:
         return self.num_tokens - self.num_computed_tokens
 
+    @property
+    def is_prefilling(self) -> bool:
+        """More than one token to compute: its next step is a prompt chunk, not a decode row."""
+        return self.num_uncomputed_tokens > 1
+
     def propose_drafts(self) -> None:
         """Set draft_ids for a decode step: prompt-lookup tokens, as many as the draft length,
         max_new_tokens and the context leave room for (the step also emits one token of its own)."""
