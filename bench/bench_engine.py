@@ -11,6 +11,10 @@ with an empty numba cache (cold: compiles every kernel) and then with the cache 
 same GGUF and prompt in this run, with the interpreter in .venv-peers (make bench-peers builds it),
 and prints our ratio to each. --model takes a catalogue name or a path (default: SmolLM2, the
 model the reference numbers in DESIGN.md are for).
+Decode ceiling: one decoded token reads every weight once (the embedding table aside: one row of
+it; it is read whole where it is also the output head), so `membw` GB/s (../shared/tools/membw.py,
+over a buffer that size) over those bytes is the tokens/s that memory bandwidth allows;
+`*_share_of_ceiling` is each engine's decode rate over it.
 """
 from __future__ import annotations
 
@@ -116,6 +120,17 @@ def first_token_seconds(model_path: str | None, threads: int, cache_dir: str) ->
     return round(elapsed, 2)
 
 
+def read_bandwidth_gb_s(buffer_mb: int, threads: int) -> float | None:
+    """../shared/tools/membw.py's best read GB/s over a buffer_mb buffer with `threads` threads."""
+    script = SHARED_TOOLS / "membw.py"
+    if not script.exists():
+        return None
+    env = os.environ | {"NUMBA_NUM_THREADS": str(threads)}
+    out = subprocess.run([sys.executable, str(script), str(buffer_mb)], capture_output=True, text=True, env=env,
+                         check=True).stdout
+    return float(json.loads(out.strip().splitlines()[-1])["read_GB_s_best"])
+
+
 def run_peer(script: Path, gguf: str, threads: int) -> dict:
     """A peer benchmark script in .venv-peers; its JSON plus its process's peak RSS."""
     python = ROOT / ".venv-peers" / "bin" / "python"
@@ -147,10 +162,21 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as cache:
             result["first_token_s_cold_cache"] = first_token_seconds(args.model, args.threads, cache)
             result["first_token_s_warm_cache"] = first_token_seconds(args.model, args.threads, cache)
+    from engine.model_registry import resolve_model
+    gguf = str(resolve_model(args.model))              # the file measure_engine loads: a name, a path or the default
+    from engine.gguf_file import GGUFFile
+    weight_bytes = GGUFFile.open(gguf).decode_weight_bytes()
+    # before this process starts kernel threads: once they have run, they spin a while between calls
+    bandwidth = read_bandwidth_gb_s(max(1, round(weight_bytes / 2**20)), args.threads)
     result.update(measure_engine(args.model, args.threads, args.repeats))
+    result["decode_weights_read_MB"] = round(weight_bytes / 1e6, 1)
+    if bandwidth:
+        ceiling = bandwidth * 1e9 / weight_bytes
+        result["membw_read_GB_s"] = bandwidth
+        result["decode_ceiling_tok_s"] = round(ceiling, 1)
+        for key in ("decode128_tok_s", "decode128_tok_s_fast"):
+            result[f"{key}_share_of_ceiling"] = round(result[key] / ceiling, 2)
     if args.peers:
-        from engine.model_registry import resolve_model
-        gguf = str(resolve_model(args.model))          # the file measure_engine loaded: a name, a path or the default
         peers = {
             "llama.cpp": run_peer(SHARED_TOOLS / "bench_llamacpp.py", gguf, args.threads),
             "transformers": run_peer(ROOT / "bench" / "peers" / "bench_transformers.py", gguf, args.threads),
@@ -161,6 +187,8 @@ def main() -> None:
                                   ("decode128_tok_s_fast", "decode128_tok_s")):
                 if peer_key in peer:
                     result[f"{key}_ratio_vs_{name}"] = round(result[key] / peer[peer_key], 2)
+            if bandwidth and "decode128_tok_s" in peer:
+                peer["decode128_tok_s_share_of_ceiling"] = round(peer["decode128_tok_s"] / ceiling, 2)
     print(json.dumps(result, indent=2))
 
 

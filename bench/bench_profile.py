@@ -130,10 +130,14 @@ def profile(llm, n_seqs: int, context: int, steps: int) -> dict:
     from engine.stopping import StoppingCriteria
 
     model = llm.model
+    budget = max(2048, context)
     engine = LLMEngine(model, llm.tokenizer, EngineConfig(kv_cache_mb=1024, max_num_seqs=n_seqs,
-                                                          max_num_batched_tokens=max(2048, context)))
+                                                          max_num_batched_tokens=budget))
     rng = random.Random(n_seqs)
-    options = RequestOptions(GREEDY, StoppingCriteria(steps + 4, ignore_eos=True))
+    # the first sequences decode while the later ones prefill (one step per `budget` prompt tokens):
+    # room for those tokens too, or they finish inside the timed steps and the batch shrinks
+    prefill_steps = -(-n_seqs * context // budget)
+    options = RequestOptions(GREEDY, StoppingCriteria(steps + prefill_steps + 4, ignore_eos=True))
     for i in range(n_seqs):
         engine.add_request(f"p{i}", [rng.randint(100, 20000) for _ in range(context)], options)
     while any(seq.num_uncomputed_tokens > 1 for seq in engine.scheduler.sequences.values()):

@@ -124,6 +124,14 @@ class GGUFFile:
     def has_tensor(self, name: str) -> bool:
         return name in self.tensor_infos
 
+    def decode_weight_bytes(self) -> int:
+        """The bytes of weights one decoded token reads: every tensor once, less the embedding
+        table (one row of it is read) unless it is also the output head (no output.weight)."""
+        total = sum(self.tensor(name).data.nbytes for name in self.tensor_infos)
+        if self.has_tensor("output.weight") and self.has_tensor("token_embd.weight"):
+            total -= self.tensor("token_embd.weight").data.nbytes
+        return total
+
     def fingerprint(self) -> str:
         """A stable id for this model's weights, for keys shared between processes.
 

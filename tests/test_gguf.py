@@ -31,6 +31,15 @@ def test_fingerprint_is_stable_and_distinguishes_models(smollm2_path, tiny_model
     assert GGUFFile.open(tiny).fingerprint() != a
 
 
+def test_decode_weight_bytes_count_the_embedding_table_only_where_it_is_the_head(tiny_model_dir):
+    for tied in (True, False):
+        gguf = GGUFFile.open(str(write_tiny_llama(tiny_model_dir / f"bytes_{tied}.gguf", tied=tied)))
+        every = sum(gguf.tensor(name).data.nbytes for name in gguf.tensor_infos)
+        table = gguf.tensor("token_embd.weight").data.nbytes
+        assert gguf.decode_weight_bytes() == (every if tied else every - table)
+        assert gguf.has_tensor("output.weight") != tied
+
+
 def test_not_a_gguf_file(tmp_path):
     p = tmp_path / "x.gguf"
     p.write_bytes(b"PK\x03\x04 definitely a zip")
