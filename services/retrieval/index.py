@@ -71,6 +71,12 @@ class SearchSettings:
     lexical_weight: float = 1.0      # rrf: votes of the BM25 ranking ...
     dense_weight: float = 1.0        # ... and of the dense one
 
+    @classmethod
+    def of(cls, config) -> SearchSettings:
+        """The settings a RetrievalConfig names."""
+        return cls(stemming=config.bm25_stemming, fusion=config.hybrid_fusion,
+                   dense_share=config.hybrid_dense_share, lexical_weight=config.rrf_lexical_weight)
+
     def __post_init__(self):
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, not {self.fusion!r}")

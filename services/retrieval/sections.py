@@ -11,12 +11,16 @@ one of = - ~ ^ * # + " ' `: the first underline character met is level 1, the ne
 
     outline = DocumentOutline.of(text)
     outline.path_at(offset)  -> ["Special method names", "Basic customization"]
+    headed_chunks(text, source, offsets_of, chunking) -> [(Chunk, "source: Title > Section"), ...]
 """
 from __future__ import annotations
 
 import bisect
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from .chunking import Chunk, ChunkingConfig, chunk_text
 
 _RST_UNDERLINE = re.compile(r"^(?P<title>[^\n]*\S[^\n]*)\n(?P<line>([=\-~^*#+\"'`])\3{2,})[ \t]*$", re.M)
 _MD_HEADING = re.compile(r"^(?P<hashes>#{1,6})[ \t]+(?P<title>[^\n]*\S)[ \t#]*$", re.M)
@@ -69,3 +73,14 @@ def contextual_header(source: str, outline: DocumentOutline, offset: int) -> str
     if path and path[0].lower() == source.lower():
         path = path[1:]
     return f"{source}: {' > '.join(path)}" if path else source
+
+
+def headed_chunks(text: str, source: str, offsets_of: Callable[[str], list[tuple[int, int]]],
+                  chunking: ChunkingConfig, headers: bool = True) -> list[tuple[Chunk, str]]:
+    """The document's chunks (chunking.chunk_text), each with its contextual header ("" when
+    headers is off): what ingest stores, embeds and indexes."""
+    chunks = chunk_text(text, offsets_of, chunking)
+    if not headers:
+        return [(c, "") for c in chunks]
+    outline = DocumentOutline.of(text)
+    return [(c, contextual_header(source, outline, c.start)) for c in chunks]

@@ -25,11 +25,11 @@ from ..common.config import RetrievalConfig
 from ..common.errors import InvalidRequest, ServiceError, unary
 from ..common.errors import streaming as streaming_rpc
 from ..common.metrics import METRICS
-from .chunking import ChunkingConfig, chunk_text
+from .chunking import ChunkingConfig
 from .index import SearchIndex, SearchMode, SearchSettings
 from .prompt import NO_SOURCE_ANSWER, SOURCE_LABEL_STOP, attributed_numbers, build_prompt, cited_numbers
 from .relevance import AnswerabilityCheck
-from .sections import DocumentOutline, contextual_header
+from .sections import headed_chunks
 from .store import ChunkRecord, DocumentStore, chunk_id, content_hash, indexed_text
 
 SERVICE = "meshllm.v1.Retrieval"
@@ -46,9 +46,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         self.store = store
         self.config = config
         self.chunking = ChunkingConfig(config.chunk_tokens, config.overlap_tokens)
-        self.search_settings = SearchSettings(stemming=config.bm25_stemming, fusion=config.hybrid_fusion,
-                                              dense_share=config.hybrid_dense_share,
-                                              lexical_weight=config.rrf_lexical_weight)
+        self.search_settings = SearchSettings.of(config)
         self.index = SearchIndex(-1, [], encoder.dimensions, self.search_settings)
         self.answerability = AnswerabilityCheck(config.answerable_relevance, config.answerable_relevance_unknown_term)
         self._index_lock = asyncio.Lock()
@@ -108,10 +106,10 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
                     results.append(pb.DocumentResult(id=doc.id, status=pb.INGEST_STATUS_DUPLICATE,
                                                      duplicate_of=holder))
                     continue
-                chunks = chunk_text(doc.text, self.encoder.token_offsets, self.chunking)
-                outline = DocumentOutline.of(doc.text)
-                contexts = [contextual_header(source, outline, c.start) if self.config.contextual_headers
-                            else "" for c in chunks]
+                headed = headed_chunks(doc.text, source, self.encoder.token_offsets, self.chunking,
+                                       self.config.contextual_headers)
+                chunks = [c for c, _ in headed]
+                contexts = [context for _, context in headed]
                 status = pb.INGEST_STATUS_REPLACED if existing else pb.INGEST_STATUS_ADDED
                 pending.append((doc, source, metadata, digest, chunks, contexts, status))
                 results.append(None)
