@@ -162,9 +162,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as cache:
             result["first_token_s_cold_cache"] = first_token_seconds(args.model, args.threads, cache)
             result["first_token_s_warm_cache"] = first_token_seconds(args.model, args.threads, cache)
+    from engine.gguf_file import GGUFFile
     from engine.model_registry import resolve_model
     gguf = str(resolve_model(args.model))              # the file measure_engine loads: a name, a path or the default
-    from engine.gguf_file import GGUFFile
     weight_bytes = GGUFFile.open(gguf).decode_weight_bytes()
     # before this process starts kernel threads: once they have run, they spin a while between calls
     bandwidth = read_bandwidth_gb_s(max(1, round(weight_bytes / 2**20)), args.threads)
