@@ -7,9 +7,10 @@ For trying a prompt or a number of sources quickly on the dev split (a run of 40
 about 4 minutes on 2 cores, against 10+ for bench_ask.py, which ingests through the services), then
 confirming what pays with `make bench-ask` on the held-out split. The default corpus is chunked
 and embedded as Retrieval's ingest does (sections.headed_chunks, the encoder on indexed_text) once,
-and cached (--cache); questions are searched with the service's hybrid settings, declined by its
-AnswerabilityCheck, prompted by prompt.build_prompt, answered greedily with Ask's n-gram ban and
-stop, and cited as the service cites (the answer's markers, else prompt.attributed_numbers).
+and cached (--cache: delete it after changing the encoder or the chunker's code); questions are
+searched with the service's hybrid settings, declined by its AnswerabilityCheck, prompted by
+prompt.build_prompt, answered greedily with Ask's n-gram ban and stop, and cited as the service
+cites (the answer's markers, else prompt.attributed_numbers).
 Without --system, --question-first or --examples the prompt is exactly Ask's.
 
 Dev questions are shuffled with a fixed seed (--seed) before --limit, so a limited run is a spread
@@ -86,7 +87,8 @@ def main() -> None:
     ap.add_argument("--system", default=None, help="a system prompt in place of Ask's")
     ap.add_argument("--question-first", action="store_true", help="the question before the sources too")
     ap.add_argument("--examples", type=int, default=0, choices=(0, 1, 2), help="worked examples before the question")
-    ap.add_argument("--cache", type=Path, default=Path("/tmp/meshllm_ask_lab_records.pkl"))
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="where the embedded chunks are kept (default: a file in /tmp named by the chunking)")
     ap.add_argument("--show", action="store_true", help="each answer to stderr")
     args = ap.parse_args()
 
@@ -103,8 +105,10 @@ def main() -> None:
     from services.retrieval.relevance import AnswerabilityCheck
 
     config = RetrievalConfig()
+    cache = args.cache or Path(f"/tmp/meshllm_ask_lab_{config.chunk_tokens}_{config.overlap_tokens}_"
+                               f"{int(config.contextual_headers)}.pkl")
     encoder = SentenceEncoder.load()
-    index = SearchIndex(1, corpus_records(encoder, config, args.cache), encoder.dimensions, SearchSettings.of(config))
+    index = SearchIndex(1, corpus_records(encoder, config, cache), encoder.dimensions, SearchSettings.of(config))
     answerability = AnswerabilityCheck(config.answerable_relevance, config.answerable_relevance_unknown_term)
     model = args.model or DEFAULT_MODEL
     llm = LLM.load(installed_path(model))
