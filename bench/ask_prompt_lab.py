@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import random
 import sys
 import time
@@ -56,25 +55,24 @@ EXAMPLES = [
 ]
 
 
-def corpus_records(encoder, config, cache: Path | None):
-    """ChunkRecords of the default corpus, as Retrieval's ingest stores them."""
+def corpus_records(encoder, config, cache: Path):
+    """ChunkRecords of the default corpus, as Retrieval's ingest stores them; the embeddings (the slow
+    part) are kept in `cache` (.npy) and reused while the chunk count matches."""
     from services.retrieval.chunking import ChunkingConfig
     from services.retrieval.corpus import pydoc_topics
     from services.retrieval.sections import headed_chunks
     from services.retrieval.store import ChunkRecord, chunk_id, indexed_text
 
-    if cache and cache.exists():
-        return pickle.loads(cache.read_bytes())
     chunking = ChunkingConfig(config.chunk_tokens, config.overlap_tokens)
     pending = [(doc_id, source, chunk, context) for doc_id, text, source, _ in pydoc_topics()
                for chunk, context in headed_chunks(text, source, encoder.token_offsets, chunking,
                                                    config.contextual_headers)]
-    vectors = encoder.embed([indexed_text(context, c.text) for _, _, c, context in pending])
-    records = [ChunkRecord(chunk_id(doc_id, c.index, c.text), doc_id, c.index, source, c.start, c.end, c.text,
-                           vectors[i], context=context) for i, (doc_id, source, c, context) in enumerate(pending)]
-    if cache:
-        cache.write_bytes(pickle.dumps(records))
-    return records
+    vectors = np.load(cache) if cache.exists() else None
+    if vectors is None or vectors.shape[0] != len(pending):
+        vectors = encoder.embed([indexed_text(context, c.text) for _, _, c, context in pending])
+        np.save(cache, vectors)
+    return [ChunkRecord(chunk_id(doc_id, c.index, c.text), doc_id, c.index, source, c.start, c.end, c.text,
+                        vectors[i], context=context) for i, (doc_id, source, c, context) in enumerate(pending)]
 
 
 def main() -> None:
@@ -88,7 +86,7 @@ def main() -> None:
     ap.add_argument("--question-first", action="store_true", help="the question before the sources too")
     ap.add_argument("--examples", type=int, default=0, choices=(0, 1, 2), help="worked examples before the question")
     ap.add_argument("--cache", type=Path, default=None,
-                    help="where the embedded chunks are kept (default: a file in /tmp named by the chunking)")
+                    help="where the chunks' embeddings are kept, .npy (default: a file in /tmp named by the chunking)")
     ap.add_argument("--show", action="store_true", help="each answer to stderr")
     args = ap.parse_args()
 
@@ -106,7 +104,7 @@ def main() -> None:
 
     config = RetrievalConfig()
     cache = args.cache or Path(f"/tmp/meshllm_ask_lab_{config.chunk_tokens}_{config.overlap_tokens}_"
-                               f"{int(config.contextual_headers)}.pkl")
+                               f"{int(config.contextual_headers)}.npy")
     encoder = SentenceEncoder.load()
     index = SearchIndex(1, corpus_records(encoder, config, cache), encoder.dimensions, SearchSettings.of(config))
     answerability = AnswerabilityCheck(config.answerable_relevance, config.answerable_relevance_unknown_term)
