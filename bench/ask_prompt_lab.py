@@ -139,11 +139,7 @@ def main() -> None:
             out.append(event.token_id)
         text = llm.tokenizer.decode(out, skip_special=True)
         texts = [h.record.text for h in built.sources]
-        cited = ask_prompt.cited_numbers(text, len(texts))
-        if not cited and text.strip():
-            (answer_vector,) = encoder.embed([text])
-            cited = ask_prompt.attributed_numbers(text, texts, [float(h.record.embedding @ answer_vector)
-                                                                for h in built.sources])
+        cited = ask_prompt.answer_sources(text, built.sources, encoder.embed)
         rows.append({"id": item.id, "declined": False, "correct": answer_has_keywords(text, item.keywords),
                      "cited": any(contains_evidence(texts[n - 1], item.evidence) for n in cited),
                      "evidence": any(contains_evidence(t, item.evidence) for t in texts),

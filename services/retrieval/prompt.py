@@ -89,6 +89,18 @@ def attributed_numbers(answer: str, texts: list[str], cosines: list[float]) -> s
     return {n for n, score in enumerate(scores, start=1) if score >= best - ATTRIBUTION_SLACK}
 
 
+def answer_sources(answer: str, sources: list[Hit], embed) -> set[int]:
+    """The sources (numbered from 1) an answer draws on: those it cites ("[2]", "Source 2"); for an
+    answer without markers (small models rarely write them), attributed_numbers, with the answer
+    embedded by embed(texts) -> (n, dims) vectors."""
+    explicit = cited_numbers(answer, len(sources))
+    if explicit or not answer.strip():
+        return explicit
+    (vector,) = embed([answer])
+    return attributed_numbers(answer, [h.record.text for h in sources],
+                              [float(h.record.embedding @ vector) for h in sources])
+
+
 def _bigrams(text: str) -> set[tuple[str, str]]:
     words = [w.casefold() for w in _WORD.findall(text)]
     return set(zip(words, words[1:]))

@@ -27,7 +27,7 @@ from ..common.errors import streaming as streaming_rpc
 from ..common.metrics import METRICS
 from .chunking import ChunkingConfig
 from .index import SearchIndex, SearchMode, SearchSettings
-from .prompt import NO_SOURCE_ANSWER, SOURCE_LABEL_STOP, attributed_numbers, build_prompt, cited_numbers
+from .prompt import NO_SOURCE_ANSWER, SOURCE_LABEL_STOP, answer_sources, build_prompt
 from .relevance import AnswerabilityCheck
 from .sections import headed_chunks
 from .store import ChunkRecord, DocumentStore, chunk_id, content_hash, indexed_text
@@ -108,19 +108,18 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
                     continue
                 headed = headed_chunks(doc.text, source, self.encoder.token_offsets, self.chunking,
                                        self.config.contextual_headers)
-                chunks = [c for c, _ in headed]
-                contexts = [context for _, context in headed]
                 status = pb.INGEST_STATUS_REPLACED if existing else pb.INGEST_STATUS_ADDED
-                pending.append((doc, source, metadata, digest, chunks, contexts, status))
+                pending.append((doc, source, metadata, digest, headed, status))
                 results.append(None)
-            vectors = await self.embed([indexed_text(context, c.text) for *_, chunks, contexts, _ in pending
-                                        for c, context in zip(chunks, contexts, strict=True)])
+            vectors = await self.embed([indexed_text(context, c.text) for *_, headed, _ in pending
+                                        for c, context in headed])
             added, row = 0, 0
             slots = iter(i for i, r in enumerate(results) if r is None)
-            for doc, source, metadata, digest, chunks, contexts, status in pending:
+            for doc, source, metadata, digest, headed, status in pending:
                 records = [ChunkRecord(chunk_id(doc.id, c.index, c.text), doc.id, c.index, source, c.start, c.end,
-                                       c.text, vectors[row + i], context=contexts[i]) for i, c in enumerate(chunks)]
-                row += len(chunks)
+                                       c.text, vectors[row + i], context=context)
+                           for i, (c, context) in enumerate(headed)]
+                row += len(headed)
                 await self.store.put(doc.id, source, metadata, digest, records)
                 results[next(slots)] = pb.DocumentResult(id=doc.id, status=status, chunks=len(records))
                 added += len(records)
@@ -243,14 +242,8 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
                                  finish_reason=chunk.finish_reason, usage=chunk.usage)
 
     async def attribute(self, answer: str, sources) -> set[int]:
-        """The sources (numbered from 1) an answer draws on: those it cites ("[2]", "Source 2");
-        for an answer without markers (small models rarely write them), prompt.attributed_numbers."""
-        explicit = cited_numbers(answer, len(sources))
-        if explicit or not answer.strip():
-            return explicit
-        (vector,) = await self.embed([answer])
-        return attributed_numbers(answer, [h.record.text for h in sources],
-                                  [float(h.record.embedding @ vector) for h in sources])
+        """The sources (numbered from 1) an answer draws on (prompt.answer_sources)."""
+        return await asyncio.to_thread(answer_sources, answer, sources, self.encoder.embed)
 
     @unary(SERVICE)
     async def Embed(self, request, context):
