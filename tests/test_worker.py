@@ -223,3 +223,38 @@ def test_a_read_returns_every_entry_it_takes_routed_ones_first(queue):
     assert pending == 4                                   # exactly what it returned
     rest = queue.read_new("w", 10, 0)
     assert [e.entry_id for e, _ in rest] == [e.entry_id for e in shared[1:]]
+
+
+def test_a_worker_that_claims_its_own_running_job_back_keeps_running_it(queue, redis_server, key_prefix, llm):
+    """A Redis Cluster failover under load: the worker's heartbeat renews its jobs, then its next
+    command (the stale-job claim) meets the dead primary, and the client retries it on the new one
+    seconds later, when the worker's own entries are idle past claim_idle_ms. The claim hands the
+    worker jobs it is running; they go on where they are, each token written once, instead of
+    failing as duplicate requests (INVALID_ARGUMENT to their callers)."""
+    from services.common.config import RedisConfig, WorkerConfig
+    from services.worker.worker import Worker
+    worker = Worker(llm, RedisConfig(redis_server.url, key_prefix), queue.config,
+                    WorkerConfig(kv_cache_mb=64, max_num_seqs=4, share_kv=False))
+    try:
+        worker._connect()
+        options = RequestOptions(GREEDY, StoppingCriteria(12, ignore_eos=True))
+        job = submit(queue, llm.encode("Once upon a time"), options)
+        while not raw_events(queue, job):
+            worker.run_once()
+        entry = worker.jobs[job].entry
+        # the entry as the new primary has it: pending on this worker, idle far past claim_idle_ms
+        queue.redis.xclaim(entry.stream, "workers", worker.worker_id, 0, [entry.entry_id], idle=60_000, justid=True)
+        claimed = queue.claim_stale(worker.worker_id, worker._room())
+        assert [spec.job_id for _, spec in claimed] == [job]
+        for claimed_entry, spec in claimed:                   # what run_once does with the claim
+            worker._start(claimed_entry, spec, claimed=True)
+        assert job in worker.jobs
+        while job in worker.jobs:
+            worker.run_once()
+        written = raw_events(queue, job)
+        assert [e.error for e in written if e.error] == []
+        assert [e.index for e in written] == list(range(len(written))) and written[-1].finish_reason == "length"
+        assert sum(e.token_id is not None for e in written) == 12
+        assert queue.outstanding() == 0
+    finally:
+        worker.engine.close()

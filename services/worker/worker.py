@@ -277,6 +277,12 @@ class Worker:
             self.queue.finish(entry, "-")
             return False
         job_id = spec.job_id
+        if job_id in self.jobs:
+            # Already running here: this worker claimed its own entry back (a Redis failover
+            # lapsed its renewals past claim_idle_ms), or the new primary, missing the group's
+            # last read, delivered the entry again. It keeps running; adding it twice would fail it.
+            self.jobs[job_id].entry = entry
+            return False
         self.queue.take_ownership(job_id, self.worker_id)
         resumed, final = self.queue.already_streamed(job_id) if claimed else ([], False)
         if final:
