@@ -91,11 +91,13 @@ $(PEERS)/.installed:
 	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(PEERS)/bin/pip install --quiet llama-cpp-python==0.3.36
 	touch $@
 
-# MODEL=NAME (meshllm models list) or a GGUF path; SmolLM2 when not given
-MODEL ?= smollm2-135m-instruct
+# every catalogue model, one JSON document each, one after the other (each alone on the machine);
+# MODEL=NAME (meshllm models list) or MODEL=PATH (a GGUF file) for one
 bench-peers: setup $(PEERS)/.installed
-	test -f "$(MODEL)" || $(BIN)/meshllm models install $(MODEL)
-	$(BIN)/python bench/bench_engine.py --peers --model $(MODEL)
+	set -e; for model in $(or $(MODEL),$$($(BIN)/meshllm models list --names)); do \
+	  test -f "$$model" || $(BIN)/meshllm models install $$model; \
+	  $(BIN)/python bench/bench_engine.py --peers --model $$model; \
+	done
 
 lint: setup
 	$(BIN)/pip install --quiet ruff

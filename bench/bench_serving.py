@@ -7,6 +7,8 @@
 - Time to first token of a 1000-token prompt: cold; with a local prefix hit (the same engine ran
   it before); and with a Redis hit on an engine that never computed it (its blocks written to a
   real redis-server by another engine, as one worker's are read by another).
+- The read-bandwidth ceiling of one sequence's decode, as bench_engine.py prints it: `membw` GB/s
+  over the bytes of weights a token reads, and one sequence's share of it.
 - A long prompt beside running streams (`--beside-only` runs just this): 4 sequences decoding,
   then a 2000-token prompt (an Ask's size) arrives; the streams' inter-token gaps while it
   prefills, and its time to first token, for each step time target (EngineConfig.step_target_s,
@@ -122,14 +124,22 @@ def main() -> None:
     args = ap.parse_args()
     from engine.runtime import configure
     configure(args.threads)
-    from bench_engine import cpu_name
+    from bench_engine import cpu_name, read_bandwidth_gb_s
 
+    from engine.gguf_file import GGUFFile
     from engine.llm import LLM
-    from engine.model_registry import DEFAULT_MODEL
+    from engine.model_registry import DEFAULT_MODEL, resolve_model
+    weight_bytes = GGUFFile.open(str(resolve_model(args.model))).decode_weight_bytes()
+    # before the engine's kernel threads exist: once they have run, they spin a while between calls
+    bandwidth = read_bandwidth_gb_s(max(1, round(weight_bytes / 2**20)), args.threads)
     llm = LLM.load(args.model, int8_activations=args.fast)
     llm.warm_up()
     result = {"engine": "meshllm", "model": args.model or DEFAULT_MODEL, "cpu": cpu_name(),
-              "mode": "fast" if args.fast else "exact", "threads": args.threads}
+              "mode": "fast" if args.fast else "exact", "threads": args.threads,
+              "decode_weights_read_MB": round(weight_bytes / 1e6, 1)}
+    if bandwidth:
+        result["membw_read_GB_s"] = bandwidth
+        result["decode_ceiling_tok_s"] = round(bandwidth * 1e9 / weight_bytes, 1)
     result["long_prompt_beside_4_streams"] = {str(t): long_prompt_beside_streams(llm, t) for t in args.step_targets}
     if args.beside_only:
         print(json.dumps(result, indent=2))
@@ -139,6 +149,9 @@ def main() -> None:
                                                                   for _ in range(2)])), 1)
     for n in (4, 16, 64):
         result[f"speedup_{n}_seqs"] = round(result[f"decode_tok_s_{n}_seqs"] / result["decode_tok_s_1_seqs"], 2)
+    if bandwidth:
+        one = result["decode_tok_s_1_seqs"]
+        result["decode_1_seq_share_of_ceiling"] = round(one / result["decode_ceiling_tok_s"], 2)
     result.update(prefix_cache_ttft(llm))
     print(json.dumps(result, indent=2))
 

