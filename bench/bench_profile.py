@@ -1,6 +1,7 @@
 """Where a decode step's time goes, by component. Prints JSON.
 
     python bench/bench_profile.py [--model NAME] [--seqs 1 16] [--context 256] [--steps 16] [--threads 2] [--fast]
+                                   [--kv-cache-dtype float32|float16]
     python bench/bench_profile.py --verify-rows 1 2 3 4 6 9 [--model NAME] [--fast]
 
 For each batch size, `seqs` sequences of `context` random prompt tokens are prefilled, then decode
@@ -123,7 +124,7 @@ def replay(model, batch, kv_cache) -> dict[str, float]:
     return times
 
 
-def profile(llm, n_seqs: int, context: int, steps: int) -> dict:
+def profile(llm, n_seqs: int, context: int, steps: int, kv_cache_dtype: str = "float32") -> dict:
     from engine.llm_engine import EngineConfig, LLMEngine
     from engine.sampling import GREEDY
     from engine.sequence import RequestOptions, Sequence
@@ -132,7 +133,8 @@ def profile(llm, n_seqs: int, context: int, steps: int) -> dict:
     model = llm.model
     budget = max(2048, context)
     engine = LLMEngine(model, llm.tokenizer, EngineConfig(kv_cache_mb=1024, max_num_seqs=n_seqs,
-                                                          max_num_batched_tokens=budget))
+                                                          max_num_batched_tokens=budget,
+                                                          kv_cache_dtype=kv_cache_dtype))
     rng = random.Random(n_seqs)
     # the first sequences decode while the later ones prefill (one step per `budget` prompt tokens):
     # room for those tokens too, or they finish inside the timed steps and the batch shrinks
@@ -243,6 +245,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--fast", action="store_true", help="int8 activations in decode")
+    ap.add_argument("--kv-cache-dtype", default="float32", choices=("float32", "float16"))
     ap.add_argument("--verify-rows", type=int, nargs="+", default=None,
                     help="measure speculative verify steps of these row counts instead (include 1)")
     args = ap.parse_args()
@@ -263,7 +266,9 @@ def main() -> None:
         return
     print(json.dumps({"bench": "profile", "cpu": cpu_name(), "threads": args.threads,
                       "model": args.model or "default", "mode": "fast" if args.fast else "exact",
-                      "results": [profile(llm, n, args.context, args.steps) for n in args.seqs]}, indent=1))
+                      "kv_cache_dtype": args.kv_cache_dtype,
+                      "results": [profile(llm, n, args.context, args.steps, args.kv_cache_dtype)
+                                  for n in args.seqs]}, indent=1))
 
 
 if __name__ == "__main__":

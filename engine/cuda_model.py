@@ -118,7 +118,10 @@ class CudaLlamaModel:
     def load(cls, path: str | os.PathLike, int8_activations: bool = False) -> CudaLlamaModel:
         return cls(GGUFFile.open(path), int8_activations)
 
-    def new_kv_cache(self, num_blocks: int, block_size: int = 16, prefault: bool = False) -> CudaKVCache:
+    def new_kv_cache(self, num_blocks: int, block_size: int = 16, prefault: bool = False,
+                     dtype: str = "float32") -> CudaKVCache:
+        if dtype != "float32":
+            raise ValueError(f"the CUDA backend keeps its KV cache in float32; a {dtype} cache is CPU-only")
         return CudaKVCache(self.config, num_blocks, block_size, prefault)
 
     # ------------------------------------------------------------------ the step

@@ -19,12 +19,12 @@ class Generator:
     """A KV cache sized for the whole context; prefill in chunks of `prefill_chunk` tokens."""
 
     def __init__(self, model: DecoderModel, tokenizer: Tokenizer, max_context: int | None = None,
-                 block_size: int = 16, prefill_chunk: int = 512):
+                 block_size: int = 16, prefill_chunk: int = 512, kv_cache_dtype: str = "float32"):
         context = min(max_context or model.config.context_length, model.config.context_length)
         # no prefault: a one-shot command would pay for the whole context's memory at start-up
         config = EngineConfig(block_size=block_size, num_kv_blocks=-(-context // block_size),
                               max_num_batched_tokens=prefill_chunk, max_num_seqs=1, max_context=context,
-                              prefault_kv=False)
+                              prefault_kv=False, kv_cache_dtype=kv_cache_dtype)
         self.engine = LLMEngine(model, tokenizer, config)
         self.max_context = context
 

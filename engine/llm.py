@@ -61,9 +61,10 @@ class LLM:
         """Prompt ids of rendered messages. Templates write their own BOS, so none is added."""
         return self.tokenizer.encode(self.chat_prompt(messages, add_generation_prompt, tools), add_bos=False)
 
-    def warm_up(self) -> None:
-        """Compile (or load from numba's cache) every kernel a request can reach, before serving."""
-        kv = self.model.new_kv_cache(num_blocks=2, block_size=16)
+    def warm_up(self, kv_cache_dtype: str = "float32") -> None:
+        """Compile (or load from numba's cache) every kernel a request can reach, before serving,
+        for a KV cache of this element type (each type is its own compiled decoder stack)."""
+        kv = self.model.new_kv_cache(num_blocks=2, block_size=16, dtype=kv_cache_dtype)
         table = np.array([[0, 1]], np.int32)
         for n in (1, 5):        # the decode path and the batch (GEMM) path
             positions = np.arange(n, dtype=np.int32)

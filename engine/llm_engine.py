@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 from .block_pool import BlockPool
-from .block_store import BlockStore, InvalidBlock, decode_block, encode_block
+from .block_store import BlockStore, InvalidBlock, decode_block, encode_block, kv_storage
 from .constraints import GrammarCompiler
 from .kv_cache_manager import KVCacheManager
 from .model import DecoderModel
@@ -55,6 +55,9 @@ class EngineConfig:
     # the step costs learnt on this machine (0: the whole token budget, for offline batches; the
     # worker bounds it: streams beside a long prompt; scheduler.py)
     step_target_s: float = 0.0
+    # the KV cache's element type: "float32" (the exact mode's transformers parity), or "float16":
+    # half the memory per token, half the bytes attention reads, keys and values rounded to halves
+    kv_cache_dtype: str = "float32"
 
     def __post_init__(self):
         if self.block_size < 16 or self.block_size % 16:
@@ -65,6 +68,7 @@ class EngineConfig:
             raise ValueError("max_num_batched_tokens and max_num_seqs must be >= 1")
         if self.step_target_s < 0:
             raise ValueError("step_target_s must be >= 0")
+        kv_storage(self.kv_cache_dtype)                 # ValueError naming the choices
 
 
 @dataclass
@@ -106,9 +110,11 @@ class LLMEngine:
         self.config = config = config or EngineConfig()
         mc = model.config
         self.max_context = min(config.max_context or mc.context_length, mc.context_length)
-        per_block = 2 * 4 * mc.num_layers * mc.num_kv_heads * mc.head_dim * config.block_size
+        element = kv_storage(config.kv_cache_dtype).itemsize
+        per_block = 2 * element * mc.num_layers * mc.num_kv_heads * mc.head_dim * config.block_size
         num_blocks = config.num_kv_blocks or max(1, config.kv_cache_mb * 2**20 // per_block)
-        self.kv_cache = model.new_kv_cache(num_blocks, config.block_size, prefault=config.prefault_kv)
+        self.kv_cache = model.new_kv_cache(num_blocks, config.block_size, prefault=config.prefault_kv,
+                                           dtype=config.kv_cache_dtype)
         self.pool = BlockPool(num_blocks, config.block_size)
         self.kv = KVCacheManager(self.pool, model.fingerprint)
         self.scheduler = Scheduler(self.kv, config.max_num_batched_tokens, config.max_num_seqs)
@@ -318,7 +324,8 @@ class LLMEngine:
                 if data is None or self.pool.num_free_blocks == 0:
                     break
                 try:
-                    k, v = decode_block(data, self.model.fingerprint, keys[i], self._k_shape)
+                    k, v = decode_block(data, self.model.fingerprint, keys[i], self._k_shape,
+                                        self.config.kv_cache_dtype)
                 except InvalidBlock as e:
                     self.stats.remote_blocks_rejected += 1
                     log.warning("rejected a stored KV block (%s): recomputing it", e)

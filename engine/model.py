@@ -16,6 +16,7 @@ import numpy as np
 from numba.typed import List
 
 from .architectures import FFN_GELU_TANH, ROPE_NEOX
+from .block_store import kv_storage
 from .gguf_file import GGUFError, GGUFFile
 from .kernels.cpu.llama import (
     ATTN_NORM,
@@ -63,21 +64,26 @@ class ForwardBatch:
 class KVCache:
     """The paged key/value pool of every layer (see kernels.cpu.attention for the layout)."""
 
-    def __init__(self, config: ModelConfig, num_blocks: int, block_size: int = 16, prefault: bool = False):
+    def __init__(self, config: ModelConfig, num_blocks: int, block_size: int = 16, prefault: bool = False,
+                 dtype: str = "float32"):
         """prefault: write every page now. Otherwise the OS maps pages at first touch, which costs
         ~3 ms per MB, paid inside whichever request first uses them (importing a 1000-token prefix
-        from Redis took 190 ms of page faults against 2 ms of copying)."""
+        from Redis took 190 ms of page faults against 2 ms of copying).
+        dtype: "float32", or "float16" (half the memory and half the bytes attention reads; kept as
+        uint16 bits, block_store.KV_DTYPES)."""
         if block_size % 16:
             raise ValueError(f"block_size must be a multiple of 16, got {block_size}")
         self.num_blocks = num_blocks
         self.block_size = block_size
+        self.dtype = dtype
+        storage = kv_storage(dtype)
         shape = (config.num_layers, num_blocks, config.num_kv_heads)
-        # zeros, not empty: a slot never written must not hold NaN bit patterns
-        self.k = np.zeros(shape + (config.head_dim, block_size), np.float32)
-        self.v = np.zeros(shape + (block_size, config.head_dim), np.float32)
+        # zeros (0.0 in both types), not empty: a slot never written must not hold NaN bit patterns
+        self.k = np.zeros(shape + (config.head_dim, block_size), storage)
+        self.v = np.zeros(shape + (block_size, config.head_dim), storage)
         if prefault:
-            self.k.fill(0.0)
-            self.v.fill(0.0)
+            self.k.fill(0)
+            self.v.fill(0)
 
     @property
     def bytes_per_block(self) -> int:
@@ -225,8 +231,9 @@ class DecoderModel:
             raise GGUFError(f"{name}: expected {length} float32 values")
         return tensor.data.view(np.float32).reshape(length)
 
-    def new_kv_cache(self, num_blocks: int, block_size: int = 16, prefault: bool = False) -> KVCache:
-        return KVCache(self.config, num_blocks, block_size, prefault)
+    def new_kv_cache(self, num_blocks: int, block_size: int = 16, prefault: bool = False,
+                     dtype: str = "float32") -> KVCache:
+        return KVCache(self.config, num_blocks, block_size, prefault, dtype)
 
     def embed_and_rope(self, batch: ForwardBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The stack's inputs: the embedded tokens x (T, D) and the rope tables cos, sin (R, T, rope_dim/2)."""

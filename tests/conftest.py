@@ -150,8 +150,8 @@ def spawn_worker(redis_server, key_prefix):
     from harness.mesh import Mesh
     mesh = Mesh(redis_server.url, key_prefix)
 
-    def spawn(wait=True, **env):
-        proc = mesh.worker(wait=wait, **env)
+    def spawn(wait=True, register_timeout_s=120, **env):
+        proc = mesh.worker(wait=wait, register_timeout_s=register_timeout_s, **env)
         proc.process.worker_key = getattr(proc, "worker_key", None)
         return proc.process
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from engine.block_store import encode_block
+from engine.block_store import encode_block, store_namespace
 from engine.llm_engine import EngineConfig, GenerationError, LLMEngine
 from engine.sampling import GREEDY
 from engine.sequence import RequestOptions
@@ -108,6 +108,35 @@ def test_redis_hit_on_another_engine_gives_the_same_logits(llm, block_store):
     reader.close()
 
 
+def test_a_float16_cache_holds_twice_the_blocks_and_shares_them_through_redis(llm, redis_client, key_prefix):
+    """kv_cache_dtype="float16": twice the blocks in the same memory, blocks half the bytes in
+    Redis under their own names (store_namespace), imported bit for bit by another float16 engine:
+    the same logits as that engine computing the prompt itself."""
+    config = EngineConfig(kv_cache_mb=32, kv_cache_dtype="float16")
+    store = RedisBlockStore(redis_client, Keys(key_prefix), store_namespace(llm.model.fingerprint, "float16"), 600)
+    half = LLMEngine(llm.model, llm.tokenizer, config)
+    full = LLMEngine(llm.model, llm.tokenizer, EngineConfig(kv_cache_mb=32))
+    assert half.pool.num_blocks // 2 == full.pool.num_blocks        # 32 MB // the block's bytes
+    assert 2 * half.kv_cache.bytes_per_block == full.kv_cache.bytes_per_block
+    ids = long_prompt(llm)
+    cold = first_token_logprobs(LLMEngine(llm.model, llm.tokenizer, config), ids, "c")
+    writer = LLMEngine(llm.model, llm.tokenizer, config, store)
+    first_token_logprobs(writer, ids, "w")
+    writer.flush_exports()
+    stored = scan_keys(redis_client, f"{key_prefix}kv:*")
+    assert len(stored) == len(ids) // 16 and all(b"-float16:" in key for key in stored)
+    cfg = llm.model.config
+    payload = 2 * 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 16           # halves, keys and values
+    assert {len(redis_client.get(key)) for key in stored} == {payload + 68}             # 68: the header
+    reader = LLMEngine(llm.model, llm.tokenizer, config, store)
+    hit = first_token_logprobs(reader, ids, "r")
+    cached = (len(ids) - 1) // 16 * 16
+    assert reader.stats.remote_blocks_imported == cached // 16 and reader.stats.remote_blocks_rejected == 0
+    assert_same_logits(hit, cold)
+    writer.close()
+    reader.close()
+
+
 def poison(kind, llm, block_hash, good: bytes):
     cfg = llm.model.config
     if kind == "bad checksum":
@@ -124,12 +153,17 @@ def poison(kind, llm, block_hash, good: bytes):
         k = np.zeros((cfg.num_layers - 1, cfg.num_kv_heads, cfg.head_dim, 16), np.float32)
         return encode_block(llm.model.fingerprint, block_hash, k, np.zeros((cfg.num_layers - 1, cfg.num_kv_heads,
                                                                             16, cfg.head_dim), np.float32))
+    if kind == "float16 block":                      # another worker's cache type: not readable here
+        k = np.zeros((cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 16), np.uint16)
+        return encode_block(llm.model.fingerprint, block_hash, k, np.zeros((cfg.num_layers, cfg.num_kv_heads, 16,
+                                                                            cfg.head_dim), np.uint16))
     if kind == "not a block":
         return b"\x80\x04pickle? no."
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["bad checksum", "truncated", "other model", "wrong shape", "not a block"])
+@pytest.mark.parametrize("kind", ["bad checksum", "truncated", "other model", "wrong shape", "float16 block",
+                                  "not a block"])
 def test_poisoned_redis_entries_are_rejected_and_recomputed(llm, block_store, kind):
     ids = long_prompt(llm)
     cold = first_token_logprobs(LLMEngine(llm.model, llm.tokenizer, EngineConfig(kv_cache_mb=32)), ids, "c")

@@ -208,13 +208,17 @@ def test_vector_exp_accuracy():
     np.testing.assert_allclose(out, np.exp(x.astype(np.float64)), rtol=3e-7)
 
 
+@pytest.mark.parametrize("kv_dtype", ["float32", "float16"])
 @pytest.mark.parametrize("head_dim,heads,kv_heads,block_size", [(64, 9, 3, 16), (128, 4, 4, 32), (80, 4, 2, 16)])
-def test_paged_attention_mixed_prefill_and_decode(head_dim, heads, kv_heads, block_size, rng):
+def test_paged_attention_mixed_prefill_and_decode(head_dim, heads, kv_heads, block_size, kv_dtype, rng):
     """Two sequences in shuffled blocks: one prefills 5 tokens after a 70-token prefix, the other
-    decodes one token. Unwritten cache slots hold NaN: reading one would poison the output."""
+    decodes one token. Unwritten cache slots hold NaN: reading one would poison the output. A
+    float16 cache (uint16 bits) matches the reference on the keys and values rounded to halves."""
     n_blocks = 16
-    k_cache = np.full((n_blocks, kv_heads, head_dim, block_size), np.nan, np.float32)
-    v_cache = np.full((n_blocks, kv_heads, block_size, head_dim), np.nan, np.float32)
+    storage = np.uint16 if kv_dtype == "float16" else np.float32
+    nan = np.array(np.nan, np.float16).view(np.uint16) if kv_dtype == "float16" else np.nan
+    k_cache = np.full((n_blocks, kv_heads, head_dim, block_size), nan, storage)
+    v_cache = np.full((n_blocks, kv_heads, block_size, head_dim), nan, storage)
     perm = rng.permutation(n_blocks).astype(np.int32)
     tables = np.stack([perm[:8], perm[8:]])
     lengths = [75, 34]
@@ -224,6 +228,11 @@ def test_paged_attention_mixed_prefill_and_decode(head_dim, heads, kv_heads, blo
         slots = np.array([tables[s, p // block_size] * block_size + p % block_size
                           for p in range(lengths[s])], np.int32)
         write_kv(keys[s], values[s], slots, k_cache, v_cache)
+    if kv_dtype == "float16":                  # what the cache holds: each value rounded to a half
+        keys = [k.astype(np.float16).astype(np.float32) for k in keys]
+        values = [v.astype(np.float16).astype(np.float32) for v in values]
+        first_key = k_cache[tables[0, 0], 0, :, 0]       # position 0, KV head 0: rounded as NumPy rounds
+        np.testing.assert_array_equal(first_key.view(np.float16).astype(np.float32), keys[0][0, :head_dim])
     q_positions = [np.arange(70, 75), np.array([33])]
     q = rng.standard_normal((6, heads * head_dim)).astype(np.float32)
     seq_ids = np.array([0] * 5 + [1], np.int32)

@@ -258,3 +258,17 @@ def test_a_worker_that_claims_its_own_running_job_back_keeps_running_it(queue, r
         assert queue.outstanding() == 0
     finally:
         worker.engine.close()
+
+
+def test_a_worker_with_a_float16_kv_cache_answers_as_the_float32_one_does(queue, spawn_worker, llm):
+    """MESHLLM_KV_CACHE_DTYPE=float16: the worker keeps its KV cache in halves and gives the same
+    greedy answer; an unknown type is refused by name before the model loads."""
+    from services.common.config import ConfigError, WorkerConfig, from_sources
+    with pytest.raises(ConfigError, match="kv_cache_dtype must be float32 or float16"):
+        from_sources(WorkerConfig, env={"MESHLLM_KV_CACHE_DTYPE": "float8"})
+    # its warm-up compiles the float16 decoder stack unless an earlier test left it in the cache
+    worker = spawn_worker(register_timeout_s=600, MESHLLM_KV_CACHE_DTYPE="float16")
+    assert queue.redis.hget(worker.worker_key, "kv_cache_dtype") == b"float16"      # its heartbeat says so
+    ids = llm.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
+    events = list(queue.events(submit(queue, ids, RequestOptions(GREEDY, StoppingCriteria(48))), timeout_s=60))
+    assert "".join(e.text for e in events) == "The capital of France is Paris."

@@ -167,6 +167,43 @@ def load_bf16x16(typingctx, arr, idx):
     return f32x16(arr, idx), codegen
 
 
+def _kv_is_half(arr) -> bool:
+    """A KV cache array's storage: float32, or float16 kept as its uint16 bits (numba has no
+    float16 on the CPU); any number of dimensions."""
+    if not isinstance(arr, types.Array):
+        raise TypeError(f"a KV cache is an array, not {arr}")
+    if arr.dtype not in (types.float32, types.uint16):
+        raise TypeError(f"a KV cache is float32 or float16 bits (uint16), not {arr.dtype}")
+    return arr.dtype == types.uint16
+
+
+@intrinsic
+def vload_kv(typingctx, arr, idx):
+    """16 values of a KV cache from element idx as f32x16: a float32 cache's as they are, a
+    float16 cache's (uint16 bits) widened (one vcvtph2ps per 8 with F16C). arr is 1-D."""
+    _check_array(arr)
+    half = _kv_is_half(arr)
+    pointee = ir.VectorType(ir.HalfType(), LANES) if half else _VF
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1], sig.args[1], pointee)
+        value = builder.load(ptr, align=1)
+        return builder.fpext(value, _VF) if half else value
+    return f32x16(arr, idx), codegen
+
+
+@intrinsic
+def kv_element(typingctx, arr, x):
+    """x (any real number) as an element of the KV cache `arr`: a float32, or for a float16
+    cache the uint16 bits of the nearest half (round to nearest even, as NumPy's astype)."""
+    half = _kv_is_half(arr)
+
+    def codegen(context, builder, sig, args):
+        value = context.cast(builder, args[1], sig.args[1], types.float32)
+        return builder.bitcast(builder.fptrunc(value, ir.HalfType()), ir.IntType(16)) if half else value
+    return (types.uint16 if half else types.float32)(arr, x), codegen
+
+
 def _halves_to_floats(builder, word):
     """An i32 read as two IEEE halves -> <2 x float>. The word goes into a zeroed vector register
     first: a scalar half load would otherwise become vpinsrw, which merges into (and so waits for)

@@ -141,6 +141,9 @@ class WorkerConfig:
     model: str = field(default=DEFAULT_MODEL, metadata={
         "help": "a model name from `meshllm models list` or the path of a GGUF file"})
     kv_cache_mb: int = field(default=1024, metadata={"help": "memory for the worker's KV block pool"})
+    kv_cache_dtype: str = field(default="float32", metadata={
+        "help": "the KV cache's element type: float32, or float16 (twice the tokens in kv_cache_mb, half the "
+                "bytes attention reads; keys and values rounded to halves, as llama.cpp's default f16 cache)"})
     block_size: int = field(default=16, metadata={"help": "tokens per KV block"})
     max_num_seqs: int = field(default=64, metadata={"help": "sequences a worker runs at once"})
     max_num_batched_tokens: int = field(default=512, metadata={"help": "token budget of one step"})
@@ -159,6 +162,8 @@ class WorkerConfig:
 
     def __post_init__(self):
         _check(self.kv_cache_mb >= 1, "kv_cache_mb must be >= 1")
+        _check(self.kv_cache_dtype in ("float32", "float16"),
+               f"kv_cache_dtype must be float32 or float16, got {self.kv_cache_dtype!r}")
         _check(self.block_size >= 16 and self.block_size % 16 == 0, "block_size must be a multiple of 16")
         _check(self.max_num_seqs >= 1 and self.max_num_batched_tokens >= 1, "batch limits must be >= 1")
         _check(self.max_context >= 0 and self.threads >= 0, "max_context and threads must be >= 0")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import redis
 
+from engine.block_store import store_namespace
 from engine.llm import LLM
 from engine.llm_engine import EngineConfig, LLMEngine, RequestOutput
 
@@ -105,12 +106,13 @@ class Worker:
         self.redis = connect(redis_config.redis_url, socket_timeout=10, socket_connect_timeout=5)
         self.keys = Keys(redis_config.key_prefix)
         self.queue = JobQueue(self.redis, self.keys, queue_config, replicated=replicated(redis_config.redis_url))
-        store = RedisBlockStore(self.redis, self.keys, llm.model.fingerprint, config.kv_block_ttl_s) \
+        store = RedisBlockStore(self.redis, self.keys, store_namespace(llm.model.fingerprint, config.kv_cache_dtype),
+                                config.kv_block_ttl_s) \
             if config.share_kv else None
         engine_config = EngineConfig(block_size=config.block_size, kv_cache_mb=config.kv_cache_mb,
                                      max_num_batched_tokens=config.max_num_batched_tokens,
                                      max_num_seqs=config.max_num_seqs, max_context=config.max_context or None,
-                                     step_target_s=config.step_target_s)
+                                     step_target_s=config.step_target_s, kv_cache_dtype=config.kv_cache_dtype)
         self.engine = LLMEngine(llm.model, llm.tokenizer, engine_config, store)
         self.engine.grammars.warm()                  # structured output's tokenizer, built before any job
         self.jobs: dict[str, RunningJob] = {}
@@ -243,6 +245,7 @@ class Worker:
                 "running": self.engine.num_running, "waiting": self.engine.num_waiting,
                 "kv_blocks_free": self.engine.pool.num_free_blocks, "kv_blocks": self.engine.pool.num_blocks,
                 "block_size": self.engine.pool.block_size, "max_num_seqs": self.engine.config.max_num_seqs,
+                "kv_cache_dtype": self.engine.config.kv_cache_dtype,
                 "prefix_hit_rate": round(self.engine.kv.stats.hit_rate, 4),
                 "draft_tokens": stats.draft_tokens, "accepted_draft_tokens": stats.accepted_draft_tokens,
                 "verify_steps": stats.verify_steps, "kv_imported": stats.remote_blocks_imported,
@@ -350,7 +353,7 @@ def run_worker(redis_config: RedisConfig, queue_config: QueueConfig, config: Wor
     from engine.runtime import configure
     configure(config.threads or None)
     llm = LLM.load(config.model or None, int8_activations=config.fast, device=config.device)
-    llm.warm_up()
+    llm.warm_up(config.kv_cache_dtype)
     worker = Worker(llm, redis_config, queue_config, config)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())

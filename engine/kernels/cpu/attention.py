@@ -1,9 +1,12 @@
 """Causal grouped-query attention over a paged KV cache (CPU, numba).
 
 Cache layout, one layer (block_size a multiple of 16):
-    k_cache (num_blocks, num_kv_heads, head_dim, block_size) f32   keys transposed inside a block:
-                                                                   16 keys' scores are one FMA chain
-    v_cache (num_blocks, num_kv_heads, block_size, head_dim) f32
+    k_cache (num_blocks, num_kv_heads, head_dim, block_size) kv   keys transposed inside a block:
+                                                                  16 keys' scores are one FMA chain
+    v_cache (num_blocks, num_kv_heads, block_size, head_dim) kv
+kv: float32, or float16 stored as its uint16 bits (numba has no CPU float16): written rounded to
+the nearest half, widened to float32 as it is read (simd.vload_kv), so attention reads half the
+bytes; every product and sum stays float32.
 
 A step's tokens may belong to different sequences and be prefill or decode tokens alike: token t
 of sequence seq_ids[t] sits at positions[t] and attends to that sequence's keys 0..positions[t],
@@ -15,7 +18,7 @@ latency), and the weighted sum of values keeps 64 output dimensions in registers
 import numpy as np
 from numba import njit, prange
 
-from ..simd import hmax, hsum, vadd, vexp, vfma, vload, vmax, vmul, vsplat, vstore, vsub, vzero
+from ..simd import hmax, hsum, kv_element, vadd, vexp, vfma, vload, vload_kv, vmax, vmul, vsplat, vstore, vsub, vzero
 
 _f32 = np.float32
 
@@ -32,8 +35,8 @@ def write_kv(k, v, slot_mapping, k_cache, v_cache):
         offset = slot_mapping[t] % bs
         for h in range(n_kv):
             for d in range(hd):
-                k_cache[block, h, d, offset] = k[t, h * hd + d]
-                v_cache[block, h, offset, d] = v[t, h * hd + d]
+                k_cache[block, h, d, offset] = kv_element(k_cache, k[t, h * hd + d])
+                v_cache[block, h, offset, d] = kv_element(v_cache, v[t, h * hd + d])
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -71,10 +74,10 @@ def _scores(qh, k_flat, offsets, hd, bs, n_keys, scale, scores):
         for d in range(hd):
             qd = vsplat(qh[d])
             step = d * bs
-            a0 = vfma(qd, vload(k_flat, o0 + step), a0)
-            a1 = vfma(qd, vload(k_flat, o1 + step), a1)
-            a2 = vfma(qd, vload(k_flat, o2 + step), a2)
-            a3 = vfma(qd, vload(k_flat, o3 + step), a3)
+            a0 = vfma(qd, vload_kv(k_flat, o0 + step), a0)
+            a1 = vfma(qd, vload_kv(k_flat, o1 + step), a1)
+            a2 = vfma(qd, vload_kv(k_flat, o2 + step), a2)
+            a3 = vfma(qd, vload_kv(k_flat, o3 + step), a3)
         vstore(scores, 16 * i, vmul(a0, vscale))
         vstore(scores, 16 * i + 16, vmul(a1, vscale))
         vstore(scores, 16 * i + 32, vmul(a2, vscale))
@@ -114,10 +117,10 @@ def _weighted_values(probs, v_flat, table, kvh, n_kv, hd, bs, start, first, n_ke
             for s in range(max(first - b * bs, 0), min(bs, n_keys - b * bs)):
                 p = vsplat(probs[b * bs + s - start])
                 o = base + s * hd
-                a0 = vfma(p, vload(v_flat, o), a0)
-                a1 = vfma(p, vload(v_flat, o + 16), a1)
-                a2 = vfma(p, vload(v_flat, o + 32), a2)
-                a3 = vfma(p, vload(v_flat, o + 48), a3)
+                a0 = vfma(p, vload_kv(v_flat, o), a0)
+                a1 = vfma(p, vload_kv(v_flat, o + 16), a1)
+                a2 = vfma(p, vload_kv(v_flat, o + 32), a2)
+                a3 = vfma(p, vload_kv(v_flat, o + 48), a3)
         inv = vsplat(inv_total)
         vstore(oh, d0, vmul(a0, inv))
         vstore(oh, d0 + 16, vmul(a1, inv))
@@ -128,7 +131,7 @@ def _weighted_values(probs, v_flat, table, kvh, n_kv, hd, bs, start, first, n_ke
         a0 = vzero()
         for j in range(first, n_keys):
             o = (table[j // bs] * n_kv + kvh) * bs * hd + (j % bs) * hd + d0
-            a0 = vfma(vsplat(probs[j - start]), vload(v_flat, o), a0)
+            a0 = vfma(vsplat(probs[j - start]), vload_kv(v_flat, o), a0)
         vstore(oh, d0, vmul(a0, vsplat(inv_total)))
         d0 += 16
 

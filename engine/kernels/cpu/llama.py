@@ -58,7 +58,8 @@ def decoder_stack(x, weights, weight_types, norms, qkv_bias, head_norms, k_cache
 
     weights: list of (rows, row_bytes) u8, 7 per layer (WQ..W_DOWN); weight_types (L, 7) GGML ids;
     norms (L, 4, D) f32 (ATTN_NORM..POST_FFN_NORM); qkv_bias (L, H*hd + 2*KV*hd) f32 (q | k | v);
-    head_norms (L, 2, hd) f32 (q, k); k_cache (L, blocks, KV, hd, bs) f32; v_cache (L, blocks, KV, bs, hd);
+    head_norms (L, 2, hd) f32 (q, k); k_cache (L, blocks, KV, hd, bs), v_cache (L, blocks, KV, bs, hd)
+    f32, or float16 bits in u16 (attention.py);
     rope_cos/sin (R, T, rope_dim/2), layer_rope (L,) i64 which of the R tables a layer uses;
     layer_window (L,) i64 sliding window of a layer (0: global); block_tables (S, max_blocks),
     seq_ids (T,), positions (T,), slot_mapping (T,) i32.
