@@ -1,6 +1,6 @@
 """Serving-engine benchmark: continuous batching and the prefix cache. Prints JSON.
 
-    python bench/bench_serving.py [--model NAME] [--threads 2] [--tokens 64] [--fast]
+    python bench/bench_serving.py [--model NAME] [--threads 2] [--tokens 64] [--fast] [--kv-cache-dtype float16]
 
 - Aggregate decode tok/s at 1, 4, 16 and 64 concurrent sequences: that many 16-token prompts
   admitted together, then the decode steps timed once every sequence has its first token
@@ -26,12 +26,13 @@ import time
 import numpy as np
 
 
-def decode_throughput(llm, n_seqs: int, tokens: int) -> float:
+def decode_throughput(llm, n_seqs: int, tokens: int, kv_dtype: str = "float32") -> float:
     from engine.llm_engine import EngineConfig, LLMEngine
     from engine.sampling import GREEDY
     from engine.sequence import RequestOptions
     from engine.stopping import StoppingCriteria
-    engine = LLMEngine(llm.model, llm.tokenizer, EngineConfig(kv_cache_mb=512, max_num_seqs=max(n_seqs, 1)))
+    engine = LLMEngine(llm.model, llm.tokenizer, EngineConfig(kv_cache_mb=512, max_num_seqs=max(n_seqs, 1),
+                                                              kv_cache_dtype=kv_dtype))
     rng = random.Random(n_seqs)
     options = RequestOptions(GREEDY, StoppingCriteria(tokens, ignore_eos=True))
     for i in range(n_seqs):
@@ -62,9 +63,10 @@ def first_token_seconds(engine, ids, rid) -> float:
     return elapsed
 
 
-def prefix_cache_ttft(llm) -> dict:
+def prefix_cache_ttft(llm, kv_dtype: str = "float32") -> dict:
     import redis
 
+    from engine.block_store import store_namespace
     from engine.llm_engine import EngineConfig, LLMEngine
     from services.common.keys import Keys
     from services.common.kv_store import RedisBlockStore
@@ -72,9 +74,10 @@ def prefix_cache_ttft(llm) -> dict:
 
     rng = random.Random(1000)
     ids = [rng.randint(100, 40000) for _ in range(1000)]
-    config = EngineConfig(kv_cache_mb=512, max_num_batched_tokens=1024)
+    config = EngineConfig(kv_cache_mb=512, max_num_batched_tokens=1024, kv_cache_dtype=kv_dtype)
     with RedisServer(maxmemory="1gb") as server:
-        store = RedisBlockStore(redis.Redis.from_url(server.url), Keys("bench:"), llm.model.fingerprint)
+        store = RedisBlockStore(redis.Redis.from_url(server.url), Keys("bench:"),
+                                store_namespace(llm.model.fingerprint, kv_dtype))
         first = LLMEngine(llm.model, llm.tokenizer, config, store)
         cold = first_token_seconds(first, ids, "cold")
         first.flush_exports()             # its blocks reach Redis before the next request arrives
@@ -89,12 +92,14 @@ def prefix_cache_ttft(llm) -> dict:
             "local_hit_speedup": round(cold / local, 1)}
 
 
-def long_prompt_beside_streams(llm, step_target_s: float, prompt_tokens: int = 2000, streams: int = 4) -> dict:
+def long_prompt_beside_streams(llm, step_target_s: float, prompt_tokens: int = 2000, streams: int = 4,
+                               kv_dtype: str = "float32") -> dict:
     from engine.llm_engine import EngineConfig, LLMEngine
     from engine.sampling import GREEDY
     from engine.sequence import RequestOptions
     from engine.stopping import StoppingCriteria
-    engine = LLMEngine(llm.model, llm.tokenizer, EngineConfig(kv_cache_mb=512, step_target_s=step_target_s))
+    engine = LLMEngine(llm.model, llm.tokenizer, EngineConfig(kv_cache_mb=512, step_target_s=step_target_s,
+                                                              kv_cache_dtype=kv_dtype))
     rng = random.Random(7)
     endless = RequestOptions(GREEDY, StoppingCriteria(4096, ignore_eos=True))
     for i in range(streams):
@@ -124,6 +129,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=64, help="tokens generated per sequence")
     ap.add_argument("--fast", action="store_true", help="int8 activations in decode")
+    ap.add_argument("--kv-cache-dtype", default="float32", choices=("float32", "float16"))
     ap.add_argument("--beside-only", action="store_true", help="only the long prompt beside running streams")
     ap.add_argument("--step-targets", type=float, nargs="+", default=[0.0, 0.5, 0.25])
     args = ap.parse_args()
@@ -140,24 +146,25 @@ def main() -> None:
     llm = LLM.load(args.model, int8_activations=args.fast)
     llm.warm_up()
     result = {"engine": "meshllm", "model": args.model or DEFAULT_MODEL, "cpu": cpu_name(),
-              "mode": "fast" if args.fast else "exact", "threads": args.threads,
+              "mode": "fast" if args.fast else "exact", "threads": args.threads, "kv_cache_dtype": args.kv_cache_dtype,
               "decode_weights_read_MB": round(weight_bytes / 1e6, 1)}
     if bandwidth:
         result["membw_read_GB_s"] = bandwidth
         result["decode_ceiling_tok_s"] = round(bandwidth * 1e9 / weight_bytes, 1)
-    result["long_prompt_beside_4_streams"] = {str(t): long_prompt_beside_streams(llm, t) for t in args.step_targets}
+    result["long_prompt_beside_4_streams"] = {str(t): long_prompt_beside_streams(llm, t, kv_dtype=args.kv_cache_dtype)
+                                              for t in args.step_targets}
     if args.beside_only:
         print(json.dumps(result, indent=2))
         return
     for n in (1, 4, 16, 64):
-        result[f"decode_tok_s_{n}_seqs"] = round(float(np.median([decode_throughput(llm, n, args.tokens)
-                                                                  for _ in range(2)])), 1)
+        runs = [decode_throughput(llm, n, args.tokens, args.kv_cache_dtype) for _ in range(2)]
+        result[f"decode_tok_s_{n}_seqs"] = round(float(np.median(runs)), 1)
     for n in (4, 16, 64):
         result[f"speedup_{n}_seqs"] = round(result[f"decode_tok_s_{n}_seqs"] / result["decode_tok_s_1_seqs"], 2)
     if bandwidth:
         one = result["decode_tok_s_1_seqs"]
         result["decode_1_seq_share_of_ceiling"] = round(one / result["decode_ceiling_tok_s"], 2)
-    result.update(prefix_cache_ttft(llm))
+    result.update(prefix_cache_ttft(llm, args.kv_cache_dtype))
     print(json.dumps(result, indent=2))
 
 

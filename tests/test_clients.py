@@ -51,16 +51,18 @@ def meshllm(*args, timeout=120):
                           timeout=timeout, cwd=ROOT)
 
 
-def test_meshllm_up_serves_the_cli_clients_and_stops_cleanly():
+def test_meshllm_up_serves_the_cli_clients_and_stops_cleanly(tmp_path):
     env = dict(os.environ, MESHLLM_LOG_FORMAT="text", MESHLLM_KV_CACHE_MB="128")
     env.pop("REDIS_URL", None)
-    up = subprocess.Popen([sys.executable, "-m", "services.cli", "up", "--workers", "1"], cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    log = tmp_path / "up.log"                  # its children's logs: what a failure here shows
+    with open(log, "w") as stderr:
+        up = subprocess.Popen([sys.executable, "-m", "services.cli", "up", "--workers", "1"], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=stderr, text=True)
     try:
         lines = []
         deadline = time.monotonic() + 300
         while "Ctrl-C stops everything." not in "".join(lines):
-            assert up.poll() is None and time.monotonic() < deadline, "".join(lines)
+            assert up.poll() is None and time.monotonic() < deadline, "".join(lines) + log.read_text()[-4000:]
             lines.append(up.stdout.readline())
         assert "generation  grpc://127.0.0.1:50053" in "".join(lines)
 
@@ -84,7 +86,7 @@ def test_meshllm_up_serves_the_cli_clients_and_stops_cleanly():
             redis.Redis(port=int(port)).ping()
     finally:
         up.send_signal(signal.SIGINT)
-        assert up.wait(60) == 0
+        assert up.wait(60) == 0, log.read_text()[-4000:]
     assert meshllm("health", "127.0.0.1:50053").stdout.strip() == "UNREACHABLE"
     alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"children left running: {alive}"
