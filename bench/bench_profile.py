@@ -238,6 +238,8 @@ def verify_costs(llm, rows_list: list[int], context: int, repeats: int) -> list[
 
 
 def main() -> None:
+    from engine.block_store import KV_DTYPES
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="a name from `meshllm models list` (default: the default model)")
     ap.add_argument("--seqs", type=int, nargs="+", default=[1, 16])
@@ -245,7 +247,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--fast", action="store_true", help="int8 activations in decode")
-    ap.add_argument("--kv-cache-dtype", default="float32", choices=("float32", "float16"))
+    ap.add_argument("--kv-cache-dtype", default="float32", choices=tuple(KV_DTYPES))
     ap.add_argument("--verify-rows", type=int, nargs="+", default=None,
                     help="measure speculative verify steps of these row counts instead (include 1)")
     args = ap.parse_args()

@@ -124,12 +124,14 @@ def long_prompt_beside_streams(llm, step_target_s: float, prompt_tokens: int = 2
 
 
 def main() -> None:
+    from engine.block_store import KV_DTYPES
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="catalogue name or GGUF path (default: the default model)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=64, help="tokens generated per sequence")
     ap.add_argument("--fast", action="store_true", help="int8 activations in decode")
-    ap.add_argument("--kv-cache-dtype", default="float32", choices=("float32", "float16"))
+    ap.add_argument("--kv-cache-dtype", default="float32", choices=tuple(KV_DTYPES))
     ap.add_argument("--beside-only", action="store_true", help="only the long prompt beside running streams")
     ap.add_argument("--step-targets", type=float, nargs="+", default=[0.0, 0.5, 0.25])
     args = ap.parse_args()

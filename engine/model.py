@@ -75,7 +75,6 @@ class KVCache:
             raise ValueError(f"block_size must be a multiple of 16, got {block_size}")
         self.num_blocks = num_blocks
         self.block_size = block_size
-        self.dtype = dtype
         storage = kv_storage(dtype)
         shape = (config.num_layers, num_blocks, config.num_kv_heads)
         # zeros (0.0 in both types), not empty: a slot never written must not hold NaN bit patterns

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from engine.block_store import KV_DTYPES
 from engine.model_registry import DEFAULT_MODEL
 
 from .redis_url import parse_url
@@ -162,8 +163,8 @@ class WorkerConfig:
 
     def __post_init__(self):
         _check(self.kv_cache_mb >= 1, "kv_cache_mb must be >= 1")
-        _check(self.kv_cache_dtype in ("float32", "float16"),
-               f"kv_cache_dtype must be float32 or float16, got {self.kv_cache_dtype!r}")
+        _check(self.kv_cache_dtype in KV_DTYPES,
+               f"kv_cache_dtype must be {' or '.join(KV_DTYPES)}, got {self.kv_cache_dtype!r}")
         _check(self.block_size >= 16 and self.block_size % 16 == 0, "block_size must be a multiple of 16")
         _check(self.max_num_seqs >= 1 and self.max_num_batched_tokens >= 1, "batch limits must be >= 1")
         _check(self.max_context >= 0 and self.threads >= 0, "max_context and threads must be >= 0")
