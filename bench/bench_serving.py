@@ -137,22 +137,21 @@ def main() -> None:
     args = ap.parse_args()
     from engine.runtime import configure
     configure(args.threads)
-    from bench_engine import cpu_name, read_bandwidth_gb_s
+    from bench_engine import cpu_name, read_bandwidth
 
     from engine.gguf_file import GGUFFile
     from engine.llm import LLM
     from engine.model_registry import DEFAULT_MODEL, resolve_model
     weight_bytes = GGUFFile.open(str(resolve_model(args.model))).decode_weight_bytes()
     # before the engine's kernel threads exist: once they have run, they spin a while between calls
-    bandwidth = read_bandwidth_gb_s(max(1, round(weight_bytes / 2**20)), args.threads)
+    probes = read_bandwidth(max(1, round(weight_bytes / 2**20)), args.threads)
     llm = LLM.load(args.model, int8_activations=args.fast)
     llm.warm_up()
     result = {"engine": "meshllm", "model": args.model or DEFAULT_MODEL, "cpu": cpu_name(),
               "mode": "fast" if args.fast else "exact", "threads": args.threads, "kv_cache_dtype": args.kv_cache_dtype,
               "decode_weights_read_MB": round(weight_bytes / 1e6, 1)}
-    if bandwidth:
-        result["membw_read_GB_s"] = bandwidth
-        result["decode_ceiling_tok_s"] = round(bandwidth * 1e9 / weight_bytes, 1)
+    result.update(probes)
+    result["decode_ceiling_tok_s"] = round(probes["membw_read_GB_s"] * 1e9 / weight_bytes, 1)
     result["long_prompt_beside_4_streams"] = {str(t): long_prompt_beside_streams(llm, t, kv_dtype=args.kv_cache_dtype)
                                               for t in args.step_targets}
     if args.beside_only:
@@ -163,9 +162,7 @@ def main() -> None:
         result[f"decode_tok_s_{n}_seqs"] = round(float(np.median(runs)), 1)
     for n in (4, 16, 64):
         result[f"speedup_{n}_seqs"] = round(result[f"decode_tok_s_{n}_seqs"] / result["decode_tok_s_1_seqs"], 2)
-    if bandwidth:
-        one = result["decode_tok_s_1_seqs"]
-        result["decode_1_seq_share_of_ceiling"] = round(one / result["decode_ceiling_tok_s"], 2)
+    result["decode_1_seq_share_of_ceiling"] = round(result["decode_tok_s_1_seqs"] / result["decode_ceiling_tok_s"], 2)
     result.update(prefix_cache_ttft(llm, args.kv_cache_dtype))
     print(json.dumps(result, indent=2))
 
