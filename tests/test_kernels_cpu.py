@@ -11,7 +11,13 @@ from engine.kernels.cpu.matmul import (
     TOKEN_VECTOR_MIN_TOKENS,
     matmul,
 )
-from engine.kernels.cpu.matmul_f32 import block_sums, matmul_rows_f32, matmul_tiles_f32, matmul_token_vectors_f32
+from engine.kernels.cpu.matmul_f32 import (
+    block_sums,
+    matmul_rows_f32,
+    matmul_tiles_f32,
+    matmul_token_vectors_f32,
+    token_block,
+)
 from engine.kernels.cpu.matmul_q8 import matmul_q8, quantize_rows
 from engine.kernels.cpu.ops import add_inplace, embed, rms_norm, rope, rope_tables, silu_mul
 from engine.kernels.ggml_types import INT8_ACTIVATION_TYPES, INT8_KERNEL_TYPES
@@ -70,6 +76,25 @@ def test_a_tokens_batch_product_does_not_depend_on_the_batch_around_it(kernel, r
         alone = np.empty((hi - lo, 40), np.float32)
         kernel(w, ggml_type, np.ascontiguousarray(x[lo:hi]), alone)
         np.testing.assert_array_equal(alone, together[lo:hi])
+
+
+def test_the_tiles_over_several_token_blocks_match_numpy_and_each_token_alone(rng):
+    """More tokens than one L2-sized token block (matmul_f32.token_block), the last block ragged and
+    not a multiple of four: every token still gets the reference product, bit for bit its own."""
+    ggml_type = QUANT_TYPES_BY_NAME["Q4_K"]
+    N, K = 37, 4096
+    tokens = 2 * token_block(K) + 3
+    assert token_block(K) < 64 and token_block(K) % 4 == 0
+    w = random_blocks(ggml_type, N, K, rng)
+    x = activations(rng, tokens, K)
+    out = np.empty((tokens, N), np.float32)
+    matmul_tiles_f32(w, ggml_type, x, out)
+    ref = R.matmul(w, ggml_type, x)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-6 * np.abs(ref).max())
+    for t in (0, token_block(K) - 1, token_block(K), tokens - 1):
+        alone = np.empty((1, N), np.float32)
+        matmul_tiles_f32(w, ggml_type, np.ascontiguousarray(x[t:t + 1]), alone)
+        np.testing.assert_array_equal(alone[0], out[t])
 
 
 @pytest.mark.parametrize("ggml_type", TYPES, ids=NAMES)
