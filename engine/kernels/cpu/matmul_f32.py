@@ -134,21 +134,32 @@ def matmul_tiles_f32(w, ggml_type, x, out):
         for t0 in range(0, T, tb):
             t1 = min(T, t0 + tb)
             xb = x[t0:t1]
+            ob = out[t0:t1]
             for tile in range(chunk * n_tiles // n_chunks, (chunk + 1) * n_tiles // n_chunks):
                 r = tile * _ROW_TILE
                 rows = min(_ROW_TILE, N - r)
                 for i in range(rows):
                     dequantize_row(ggml_type, w[r + i], wt[i])
-                t = 0
-                while _FOUR_TOKEN_TILES and t + 4 <= t1 - t0:
-                    _gemm_4x4(wt[0], wt[1], wt[2], wt[3], xb, t, tile_out, 0)
-                    t += 4
-                while t < t1 - t0:
-                    _gemm_1x4(wt[0], wt[1], wt[2], wt[3], xb[t], tile_out, t, 0)
-                    t += 1
-                for i in range(rows):
-                    for t in range(t0, t1):
-                        out[t, r + i] = tile_out[t - t0, i]
+                if rows == _ROW_TILE:                       # straight into out's columns r..r+3
+                    _tile_over_tokens(wt, xb, ob, r)
+                else:                                       # the last, ragged tile: out has no room for four
+                    _tile_over_tokens(wt, xb, tile_out, 0)
+                    for i in range(rows):
+                        for t in range(t1 - t0):
+                            ob[t, r + i] = tile_out[t, i]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _tile_over_tokens(wt, xb, dst, col):
+    """dst[t, col:col+4] = xb[t] @ wt[0:4]^T for every token t of the block."""
+    T = xb.shape[0]
+    t = 0
+    while _FOUR_TOKEN_TILES and t + 4 <= T:
+        _gemm_4x4(wt[0], wt[1], wt[2], wt[3], xb, t, dst, col)
+        t += 4
+    while t < T:
+        _gemm_1x4(wt[0], wt[1], wt[2], wt[3], xb[t], dst, t, col)
+        t += 1
 
 
 @njit(cache=True, nogil=True, inline="always")
