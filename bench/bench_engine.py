@@ -38,18 +38,25 @@ SHARED_TOOLS = ROOT.parent / "shared" / "tools"
 
 
 def cpu_name() -> str:
-    """The CPU's model name and the vector ISAs our kernels care about, e.g.
-    "Intel(R) Xeon(R) Processor (avx2 avx512f avx512_vnni amx_int8)": cloud CPUs often hide their
-    generation behind a generic name, and the ISA says which kernels ran."""
-    name, flags = "unknown", set()
+    """The CPU's model name, family/model and the vector ISAs our kernels care about, e.g.
+    "AMD EPYC, family 26 model 2 (avx2 avx512f avx512_vnni avx512_bf16)": cloud CPUs often hide
+    their generation behind a generic name (family 25 is Zen 3/4, 26 Zen 5; Intel's is 6), and
+    the ISA says which kernels ran."""
+    name, flags, fields = "unknown", set(), {}
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and name == "unknown":
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
+            key, _, value = line.partition(":")
+            key, value = key.strip(), value.strip()
+            if key == "model name" and name == "unknown":
+                name = value
+            elif key in ("cpu family", "model") and key not in fields:
+                fields[key] = value
+            elif key == "flags" and not flags:
+                flags = set(value.split())
     except OSError:
         pass
+    if fields.keys() == {"cpu family", "model"}:
+        name = f"{name}, family {fields['cpu family']} model {fields['model']}"
     isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if f in flags]
     return f"{name} ({' '.join(isa)})" if isa else name
 
