@@ -14,6 +14,12 @@ found through block_tables[seq_ids[t]]. Its own key and value must already be wr
 
 Throughput notes: scores run four independent 16-key FMA chains (one chain would wait on FMA
 latency), and the weighted sum of values keeps 64 output dimensions in registers across keys.
+The query heads that share a KV head go in pairs (_scores_pair, _weighted_values_pair): each
+key and value vector is loaded once for two heads' FMAs, where one head's loop issued a load per
+FMA and was bound by loads. Each head keeps its own chains in the same order, so the bits do not
+change. One layer, A/B on a Zen 5 EPYC (outputs asserted equal): float32 cache 1.11-1.67x
+(0.5B model's heads: decode 16 x 256 170 -> 142 us, prefill of 2,000 tokens 110 -> 82 ms;
+Gemma 3's 4 heads of 256 on one KV head: prefill 512 8.5 -> 5.2 ms), float16 cache 0.97-1.30x.
 """
 import numpy as np
 from numba import njit, prange
@@ -87,6 +93,38 @@ def _scores(qh, k_flat, offsets, hd, bs, n_keys, scale, scores):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _scores_pair(qa, qb, k_flat, offsets, hd, bs, n_keys, scale, sa, sb):
+    """_scores for two query heads on the same keys, each key vector loaded once for both: the
+    same FMA chains as _scores, so each head gets the same bits (and one load per FMA becomes one
+    per two, which is what bound the single head)."""
+    vscale = vsplat(scale)
+    for i in range(0, (n_keys + 15) // 16, 2):
+        o0 = offsets[i]
+        o1 = offsets[i + 1]
+        a0 = vzero()
+        a1 = vzero()
+        b0 = vzero()
+        b1 = vzero()
+        for d in range(hd):
+            qad = vsplat(qa[d])
+            qbd = vsplat(qb[d])
+            step = d * bs
+            k0 = vload_kv(k_flat, o0 + step)
+            k1 = vload_kv(k_flat, o1 + step)
+            a0 = vfma(qad, k0, a0)
+            a1 = vfma(qad, k1, a1)
+            b0 = vfma(qbd, k0, b0)
+            b1 = vfma(qbd, k1, b1)
+        vstore(sa, 16 * i, vmul(a0, vscale))
+        vstore(sa, 16 * i + 16, vmul(a1, vscale))
+        vstore(sb, 16 * i, vmul(b0, vscale))
+        vstore(sb, 16 * i + 16, vmul(b1, vscale))
+    for j in range(n_keys, (n_keys + 15) // 16 * 16):
+        sa[j] = _f32(-3.0e38)
+        sb[j] = _f32(-3.0e38)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _softmax_in_place(scores, n_keys):
     """Exponentiate scores[:n_keys] against their max; return their sum. The padding lanes
     (-3e38) exponentiate to ~1e-38 and never reach the output."""
@@ -136,6 +174,46 @@ def _weighted_values(probs, v_flat, table, kvh, n_kv, hd, bs, start, first, n_ke
         d0 += 16
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _weighted_values_pair(pa, pb, v_flat, table, kvh, n_kv, hd, bs, start, first, n_keys, inv_a, inv_b, oa, ob):
+    """_weighted_values for two heads on the same values, each value vector loaded once for both;
+    32 output dimensions a pass (eight accumulators), the same sums in the same order per head."""
+    d0 = 0
+    while d0 + 32 <= hd:
+        a0 = vzero()
+        a1 = vzero()
+        b0 = vzero()
+        b1 = vzero()
+        for b in range(first // bs, (n_keys + bs - 1) // bs):
+            base = (table[b] * n_kv + kvh) * bs * hd + d0
+            for s in range(max(first - b * bs, 0), min(bs, n_keys - b * bs)):
+                p = vsplat(pa[b * bs + s - start])
+                r = vsplat(pb[b * bs + s - start])
+                o = base + s * hd
+                v0 = vload_kv(v_flat, o)
+                v1 = vload_kv(v_flat, o + 16)
+                a0 = vfma(p, v0, a0)
+                a1 = vfma(p, v1, a1)
+                b0 = vfma(r, v0, b0)
+                b1 = vfma(r, v1, b1)
+        vstore(oa, d0, vmul(a0, vsplat(inv_a)))
+        vstore(oa, d0 + 16, vmul(a1, vsplat(inv_a)))
+        vstore(ob, d0, vmul(b0, vsplat(inv_b)))
+        vstore(ob, d0 + 16, vmul(b1, vsplat(inv_b)))
+        d0 += 32
+    while d0 < hd:
+        a0 = vzero()
+        b0 = vzero()
+        for j in range(first, n_keys):
+            o = (table[j // bs] * n_kv + kvh) * bs * hd + (j % bs) * hd + d0
+            v0 = vload_kv(v_flat, o)
+            a0 = vfma(vsplat(pa[j - start]), v0, a0)
+            b0 = vfma(vsplat(pb[j - start]), v0, b0)
+        vstore(oa, d0, vmul(a0, vsplat(inv_a)))
+        vstore(ob, d0, vmul(b0, vsplat(inv_b)))
+        d0 += 16
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def paged_attention_window(q, k_cache, v_cache, block_tables, seq_ids, positions, scale, window, out):
     """out (T, num_heads*head_dim) = softmax(q k^T * scale) v per head, causal, over the paged cache;
@@ -160,9 +238,24 @@ def paged_attention_window(q, k_cache, v_cache, block_tables, seq_ids, positions
         start = first // 16 * 16                # scores[j - start] for keys start <= j < n_keys
         table = block_tables[seq_ids[t]]
         scores = np.empty((n_keys - start + 63) // 64 * 64, np.float32)
+        second = np.empty_like(scores)
         offsets = np.empty(scores.shape[0] // 16, np.int64)
         _key_vector_offsets(table, kvh, n_kv, hd, bs, start, n_keys, offsets)
-        for g in range(group):
+        g = 0
+        while g + 2 <= group:                   # query heads in pairs: each key and value read once for two
+            h = kvh * group + g
+            _scores_pair(q[t, h * hd:(h + 1) * hd], q[t, (h + 1) * hd:(h + 2) * hd], k_flat, offsets, hd, bs,
+                         n_keys - start, _f32(scale), scores, second)
+            for j in range(first - start):
+                scores[j] = _f32(-3.0e38)
+                second[j] = _f32(-3.0e38)
+            total = _softmax_in_place(scores, n_keys - start)
+            total_second = _softmax_in_place(second, n_keys - start)
+            _weighted_values_pair(scores, second, v_flat, table, kvh, n_kv, hd, bs, start, first, n_keys,
+                                  _f32(1.0) / total, _f32(1.0) / total_second, out[t, h * hd:(h + 1) * hd],
+                                  out[t, (h + 1) * hd:(h + 2) * hd])
+            g += 2
+        if g < group:                           # an odd head out
             h = kvh * group + g
             _scores(q[t, h * hd:(h + 1) * hd], k_flat, offsets, hd, bs, n_keys - start, _f32(scale), scores)
             for j in range(first - start):      # keys before the window, inside its first vector
