@@ -177,7 +177,7 @@ def _weighted_values(probs, v_flat, table, kvh, n_kv, hd, bs, start, first, n_ke
 @njit(cache=True, nogil=True, inline="always")
 def _weighted_values_pair(pa, pb, v_flat, table, kvh, n_kv, hd, bs, start, first, n_keys, inv_a, inv_b, oa, ob):
     """_weighted_values for two heads on the same values, each value vector loaded once for both;
-    32 output dimensions a pass (eight accumulators), the same sums in the same order per head."""
+    32 output dimensions a pass (four accumulators), the same sums in the same order per head."""
     d0 = 0
     while d0 + 32 <= hd:
         a0 = vzero()
