@@ -143,7 +143,7 @@ def membw_tool_gb_s(buffer_mb: int, threads: int) -> float | None:
 def numpy_read_gb_s(buffer_mb: int, threads: int, repeats: int = 20) -> float:
     """Best read GB/s of `threads` Python threads each summing its share of one buffer with NumPy (which
     releases the GIL): a second probe beside membw.py, whose one-accumulator numba loop the compiler does
-    not vectorise on every CPU (7-9 GB/s on a Zen 5 EPYC where this reads about 25 and decode streams 19)."""
+    not vectorise on every CPU (7-9 GB/s on a Zen 5 EPYC where this reads 28-41 and decode streams 19)."""
     from concurrent.futures import ThreadPoolExecutor
     buffer = np.ones(buffer_mb * 2**20 // 4, np.float32)
     parts = np.array_split(buffer, threads)

@@ -13,7 +13,7 @@ Three paths, chosen by the number of tokens T:
   rows cost 3.1x one row on the 0.5B model on an AVX2-only EPYC; now 2.0x.
 - otherwise (prefill, batched decode, speculative verification): dequantized weights and a
   float32 GEMM (matmul_f32.py) over blocks of tokens sized for L2 (prefill-512 of the 1.5B model
-  63 -> 82 tokens/s on a Zen 5 EPYC).
+  63 -> 82-94 tokens/s on a Zen 5 EPYC).
   On a host without AVX-512 (OUTER_PRODUCT_GEMM), from TOKEN_VECTOR_MIN_TOKENS tokens, an outer
   product over vectors of sixteen tokens that keeps six 16-lane accumulators
   (matmul_token_vectors_f32): on an AVX2-only EPYC 1.8-2.2x the 4x4 dot-product tiles at 16
