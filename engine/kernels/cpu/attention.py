@@ -237,8 +237,10 @@ def paged_attention_window(q, k_cache, v_cache, block_tables, seq_ids, positions
         first = n_keys - window if 0 < window < n_keys else 0
         start = first // 16 * 16                # scores[j - start] for keys start <= j < n_keys
         table = block_tables[seq_ids[t]]
-        scores = np.empty((n_keys - start + 63) // 64 * 64, np.float32)
-        second = np.empty_like(scores)
+        # one allocation for a pair of heads' scores; a single row where no head has a partner
+        buffers = np.empty((min(group, 2), (n_keys - start + 63) // 64 * 64), np.float32)
+        scores = buffers[0]
+        second = buffers[buffers.shape[0] - 1]
         offsets = np.empty(scores.shape[0] // 16, np.int64)
         _key_vector_offsets(table, kvh, n_kv, hd, bs, start, n_keys, offsets)
         g = 0
